@@ -1,0 +1,20 @@
+"""Building blocks shared by every model of the package; one idea per module."""
+from .attention import Attention
+from .drop_path import DropPath
+from .linear_attention import (DGLABlock, DualGatedLinearAttention, elu_feature_map,
+                               linear_attention, quadratic_attention_reference)
+from .mbconv import ConvBN, MBConv
+from .mlp import MLPBlock, Mlp, MultiLayerMLP
+from .norm import LayerNorm2d
+from .pooling import MultiscalePooling
+from .position import PositionEmbeddingRandom
+from .prompt_encoder import PromptEncoder
+from .rope import RotaryEmbedding2d, rope_angles
+from .two_way import TwoWayAttentionBlock, TwoWayTransformer
+
+__all__ = [
+    "Attention", "ConvBN", "DGLABlock", "DropPath", "DualGatedLinearAttention", "LayerNorm2d",
+    "MBConv", "MLPBlock", "Mlp", "MultiLayerMLP", "MultiscalePooling", "PositionEmbeddingRandom", "PromptEncoder",
+    "RotaryEmbedding2d", "TwoWayAttentionBlock", "TwoWayTransformer", "elu_feature_map",
+    "linear_attention", "quadratic_attention_reference", "rope_angles",
+]

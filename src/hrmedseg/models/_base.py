@@ -1,0 +1,125 @@
+"""What every model of the package shares: a typed config, save/load, size rule, outputs."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class InputSizeError(ValueError):
+    """An input whose height/width the model cannot take; the message states the rule."""
+
+
+def check_input_size(model_name: str, height: int, width: int, multiple: int) -> None:
+    """Raise :class:`InputSizeError` unless both sides are positive multiples of ``multiple``."""
+    if height <= 0 or width <= 0 or height % multiple or width % multiple:
+        def up(v: int) -> int:
+            return max(multiple, -(-v // multiple) * multiple)
+        raise InputSizeError(
+            f"{model_name} cannot take a {height}x{width} input: height and width must be "
+            f"multiples of {multiple}; resize or pad to e.g. {up(height)}x{up(width)}"
+        )
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder and rename, so no half file survives."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
+
+
+class SegmentationModel(nn.Module):
+    """Base class: subclasses set ``config`` (a dataclass) and ``model_name``.
+
+    Convention for every model: ``forward(images (B, in_chans, H, W)) -> logits
+    (B, num_classes, H, W)``; ``num_classes == 1`` means sigmoid (binary), more means softmax.
+    """
+
+    size_multiple: ClassVar[int] = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model_name: str = type(self).__name__.lower()
+        self.grad_checkpointing = False
+
+    # -- outputs ---------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return int(self.config.num_classes)
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.config.in_chans)
+
+    @property
+    def activation(self) -> str:
+        """'sigmoid' for one output channel, else 'softmax' (overridable by config.output)."""
+        out = getattr(self.config, "output", None)
+        if out:
+            return out
+        return "sigmoid" if self.num_classes == 1 else "softmax"
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits) if self.activation == "sigmoid" else logits.softmax(dim=1)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4:
+            raise ValueError(f"{self.model_name} expects a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"{self.model_name} was built for {self.in_chans} input channels, "
+                             f"got {x.shape[1]} (shape {tuple(x.shape)})")
+        check_input_size(self.model_name, x.shape[-2], x.shape[-1], self.size_multiple)
+
+    # -- memory/speed switches -------------------------------------------------------------
+    def set_grad_checkpointing(self, enable: bool = True) -> "SegmentationModel":
+        """Recompute activations of the heavy blocks in backward instead of storing them."""
+        self.grad_checkpointing = bool(enable)
+        return self
+
+    def parameter_groups(self) -> dict[str, nn.Module]:
+        """Named parts for the profiler's per-part parameter counts."""
+        return {"model": self}
+
+    # -- persistence -----------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically)."""
+        from safetensors.torch import save as st_save
+        from .. import __version__
+
+        directory = Path(directory)
+        cfg = {"architecture": self.model_name, "model_args": config_to_dict(self.config),
+               "hrmedseg_version": __version__}
+        if metadata:
+            cfg["metadata"] = metadata
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        atomic_write_bytes(directory / WEIGHTS_NAME, st_save(tensors))
+        atomic_write_bytes(directory / CONFIG_NAME, (json.dumps(cfg, indent=2) + "\n").encode())
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, **overrides: Any) -> nn.Module:
+        from ._hub import from_pretrained
+        return from_pretrained(directory, **overrides)

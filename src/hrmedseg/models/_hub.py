@@ -1,0 +1,77 @@
+"""Loading models saved by ``save_pretrained`` (config.json + model.safetensors)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._base import CONFIG_NAME, WEIGHTS_NAME
+
+
+class CheckpointError(RuntimeError):
+    """A model folder or weight file that cannot be used; the message names the file."""
+
+
+def read_config(directory: str | os.PathLike) -> dict[str, Any]:
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found (a model folder holds {CONFIG_NAME} and {WEIGHTS_NAME})")
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    if "architecture" not in cfg:
+        raise CheckpointError(f"{path}: no 'architecture' key")
+    return cfg
+
+
+def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weight file not found")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def from_pretrained(directory: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    **overrides: Any) -> nn.Module:
+    """Rebuild a model from a ``save_pretrained`` folder; ``overrides`` change config fields
+    that do not change parameter shapes (e.g. ``drop_path_rate``)."""
+    from ._registry import create_model
+
+    cfg = read_config(directory)
+    args = dict(cfg.get("model_args", {}))
+    args.update(overrides)
+    args.pop("pretrained", None)
+    model = create_model(cfg["architecture"], pretrained=False, **args)
+    state = load_safetensors(Path(directory) / WEIGHTS_NAME)
+    load_state_dict_checked(model, state, source=str(Path(directory) / WEIGHTS_NAME))
+    return model.to(map_location)
+
+
+def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str,
+                            strict: bool = True) -> tuple[list[str], list[str]]:
+    """``load_state_dict`` with one readable error for missing/unexpected/mis-shaped keys."""
+    own = model.state_dict()
+    bad_shape = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                 for k, v in state.items() if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if bad_shape or (strict and (missing or unexpected)):
+        parts = []
+        if bad_shape:
+            parts.append(f"{len(bad_shape)} shape mismatches (e.g. {bad_shape[0]})")
+        if strict and missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if strict and unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        raise CheckpointError(f"{source}: does not fit {type(model).__name__}: " + "; ".join(parts))
+    model.load_state_dict(state, strict=False)
+    return missing, unexpected
