@@ -1,0 +1,1 @@
+"""Command line: ``hrmedseg VERB ...``; each verb parses its arguments and calls the library."""

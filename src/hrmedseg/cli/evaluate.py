@@ -1,0 +1,5 @@
+"""placeholder"""
+import argparse
+
+def add_parser(sub):
+    pass

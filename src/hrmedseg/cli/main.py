@@ -1,0 +1,70 @@
+"""Entry point of the ``hrmedseg`` command.
+
+Each verb lives in its own module exposing ``add_parser(subparsers)`` and ``run(args)``; a verb
+only parses arguments and calls library functions. Errors a user can fix (bad file, bad size,
+unknown model) print one line and exit with status 2 instead of a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+VERBS = ("models", "profile", "check_dataset", "train", "evaluate", "predict")
+
+
+class UserError(Exception):
+    """An error whose message is the whole story (printed as one line)."""
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from ..models._base import InputSizeError
+    from ..models._hub import CheckpointError
+    from ..models._pretrained import PretrainedWeightError
+    from ..models._registry import UnknownModelError
+    types: list[type[BaseException]] = [UserError, InputSizeError, CheckpointError,
+                                        PretrainedWeightError, UnknownModelError,
+                                        FileNotFoundError, NotADirectoryError]
+    try:
+        from ..data.io import ImageReadError
+        types.append(ImageReadError)
+    except ImportError:
+        pass
+    try:
+        from ..training.config import ConfigError
+        types.append(ConfigError)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+    parser = argparse.ArgumentParser(
+        prog="hrmedseg", description="Memory-efficient segmentation of high-resolution medical images.")
+    parser.add_argument("--version", action="version", version=f"hrmedseg {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+    for verb in VERBS:
+        mod = importlib.import_module(f"hrmedseg.cli.{verb}")
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.func(args)
+    except KeyboardInterrupt:
+        print("hrmedseg: interrupted", file=sys.stderr)
+        return 130
+    except _user_error_types() as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"hrmedseg {args.verb.replace('_', '-')}: error: {msg}", file=sys.stderr)
+        return 2
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""``hrmedseg profile MODEL ...``: parameters, MACs, peak training memory, images/s."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("profile", help="parameters, MACs, peak training memory and throughput")
+    p.add_argument("models", help="registered model name(s), comma-separated")
+    p.add_argument("--size", type=int, nargs="+", default=[1024], help="input size: S or H W")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--device", default="cuda", help="cuda or cpu")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision of the step")
+    p.add_argument("--num-classes", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--no-macs", action="store_true", help="skip the MAC counts")
+    p.add_argument("--no-speed", action="store_true", help="skip timing (params/MACs/memory only)")
+    p.add_argument("--json", type=Path, help="write results (a list) to this JSON file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..models._base import atomic_write_bytes
+    from ..profiling import format_table, profile_model
+
+    size = tuple(args.size) if len(args.size) == 2 else (args.size[0], args.size[0])
+    results = []
+    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+        r = profile_model(name, size=size, batch=args.batch, device=args.device, dtype=args.dtype,
+                          warmup=args.warmup, iters=args.iters, macs=not args.no_macs,
+                          speed=not args.no_speed, grad_checkpointing=args.grad_checkpointing,
+                          channels_last=args.channels_last, num_classes=args.num_classes)
+        results.append(r)
+        print(json.dumps({k: v for k, v in r.to_dict().items() if k not in ("notes", "env")}))
+    print(format_table(results))
+    if args.json:
+        payload = json.dumps([r.to_dict() for r in results], indent=2) + "\n"
+        atomic_write_bytes(args.json, payload.encode())
+        print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,23 @@
+import torch
+import torch.nn.functional as F
+
+from hrmedseg.layers import MultiscalePooling
+
+
+def test_identity_without_kernels():
+    x = torch.randn(2, 3, 9, 7)
+    assert torch.equal(MultiscalePooling(())(x), x)
+
+
+def test_formula_and_border_counts():
+    x = torch.randn(1, 2, 11, 13, dtype=torch.float64)
+    out = MultiscalePooling((5, 9))(x)
+    # Independent: average over the in-image part of each k×k window.
+    def avg(k):
+        ones = torch.ones(1, 1, 11, 13, dtype=torch.float64)
+        s = F.conv2d(F.pad(x, (k // 2,) * 4), torch.ones(2, 1, k, k, dtype=torch.float64), groups=2)
+        c = F.conv2d(F.pad(ones, (k // 2,) * 4), torch.ones(1, 1, k, k, dtype=torch.float64))
+        return s / c
+    ref = x + (avg(5) - x) + (avg(9) - x)
+    assert torch.allclose(out, ref, atol=1e-12)
+    assert sum(p.numel() for p in MultiscalePooling().parameters()) == 0

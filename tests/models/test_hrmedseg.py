@@ -1,0 +1,150 @@
+import pytest
+import torch
+
+import hrmedseg
+from hrmedseg.models.hrmedseg import default_stage_depths
+
+# Exact parameter counts (3 input channels). hrmedseg = the authors' released layout, which the
+# paper's totals describe (3,526,364); hrmedseg_lean = the paper's equations alone.
+PARAMS = {
+    ("hrmedseg", 1): 3_526_364,
+    ("hrmedseg_lean", 1): 3_239_760,
+    ("herseg", 2): 3_666_428,
+    ("herseg_convt4x4", 2): 3_723_644,
+    ("hrmedseg_l4_c96", 1): 3_043_532,
+    ("hrmedseg_l10_c384", 1): 16_758_092,
+}
+
+# Paper Table 6 / Table 1 figures (M params), checked within 2 %.
+PAPER_M = {"hrmedseg": 3.53, "hrmedseg_l4_c96": 3.04, "hrmedseg_l8_c96": 3.37,
+           "hrmedseg_l12_c96": 3.69, "hrmedseg_l16_c96": 4.01, "hrmedseg_l10_c24": 2.63,
+           "hrmedseg_l10_c48": 2.82, "hrmedseg_l10_c192": 6.22, "hrmedseg_l10_c384": 16.75}
+
+
+def n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("name,classes", list(PARAMS))
+def test_exact_parameter_counts(name, classes):
+    assert n_params(hrmedseg.create_model(name, num_classes=classes)) == PARAMS[(name, classes)]
+
+
+@pytest.mark.parametrize("name", list(PAPER_M))
+def test_parameter_counts_match_paper(name):
+    n = n_params(hrmedseg.create_model(name))
+    assert abs(n / 1e6 - PAPER_M[name]) / PAPER_M[name] < 0.02
+
+
+def test_herseg_matches_paper_count():
+    assert abs(n_params(hrmedseg.create_model("herseg")) / 1e6 - 3.67) / 3.67 < 0.02
+
+
+TINY = dict(embed_dim=24, depth=2, num_heads=(6, 6, 6), neck_dim=32, decoder_heads=4,
+            decoder_mlp_dim=32)
+
+
+@pytest.mark.parametrize("kwargs,shape,out", [
+    (dict(num_classes=1), (2, 3, 64, 64), (2, 1, 64, 64)),
+    (dict(num_classes=4), (1, 3, 48, 80), (1, 4, 48, 80)),
+    (dict(num_classes=2, in_chans=1), (1, 1, 96, 32), (1, 2, 96, 32)),
+    (dict(num_classes=3, released_layout=False), (2, 3, 32, 48), (2, 3, 32, 48)),
+    (dict(num_classes=1, upscaler="convt4x4"), (1, 3, 64, 48), (1, 1, 64, 48)),
+    (dict(num_classes=1, pool_sizes=()), (1, 3, 16, 16), (1, 1, 16, 16)),
+])
+def test_output_shapes(kwargs, shape, out):
+    m = hrmedseg.create_model("hrmedseg", **{**TINY, **kwargs}).eval()
+    with torch.no_grad():
+        assert m(torch.randn(shape)).shape == out
+
+
+def test_size_rule_error_names_size_and_rule():
+    m = hrmedseg.create_model("hrmedseg", **TINY)
+    with pytest.raises(hrmedseg.InputSizeError, match=r"100x64.*multiples of 16"):
+        m(torch.randn(1, 3, 100, 64))
+    with pytest.raises(ValueError, match="input channels"):
+        m(torch.randn(1, 1, 64, 64))
+
+
+@pytest.mark.parametrize("released", [True, False])
+def test_gradients_reach_every_used_parameter(released):
+    m = hrmedseg.create_model("hrmedseg", num_classes=2, released_layout=released, **TINY)
+    m.train()
+    # MBConv projections start with BN weight 0 (identity blocks); make them non-zero so that
+    # the check sees real connectivity, not the zero-init.
+    for blk in m.encoder.conv_layers:
+        torch.nn.init.constant_(blk.conv3.bn.weight, 0.5)
+    m(torch.randn(2, 3, 64, 48)).square().mean().backward()
+    unused = set(m.unused_parameter_names())
+    assert bool(unused) == released
+    for name, p in m.named_parameters():
+        if name in unused:
+            assert p.grad is None, name
+        else:
+            assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+def test_box_prompts_change_the_output():
+    m = hrmedseg.create_model("hrmedseg", **TINY).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        a = m(x)
+        b = m(x, boxes=torch.tensor([[4.0, 4.0, 30.0, 40.0]]))
+    assert a.shape == b.shape and not torch.allclose(a, b)
+
+
+def test_save_load_round_trip(tmp_path):
+    m = hrmedseg.create_model("hrmedseg", num_classes=3, **TINY).eval()
+    m.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "config.json").is_file()
+    m2 = hrmedseg.from_pretrained(tmp_path / "m").eval()
+    x = torch.randn(1, 3, 32, 64)
+    with torch.no_grad():
+        assert torch.equal(m(x), m2(x))
+    assert m2.model_name == "hrmedseg" and m2.num_classes == 3
+
+
+def test_checkpointing_gives_same_gradients():
+    m = hrmedseg.create_model("hrmedseg", drop_path_rate=0.0, **TINY)
+    m.train()
+    x = torch.randn(2, 3, 64, 64)
+
+    def grads(ckpt):
+        m.zero_grad()
+        m.set_grad_checkpointing(ckpt)
+        m(x).sum().backward()
+        return {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+    g0, g1 = grads(False), grads(True)
+    assert g0.keys() == g1.keys()
+    for k in g0:
+        assert torch.allclose(g0[k], g1[k], atol=1e-6, rtol=1e-5), k
+
+
+def test_stage_depth_split():
+    assert default_stage_depths(10) == (2, 6, 2)
+    assert sum(default_stage_depths(4)) == 4 and sum(default_stage_depths(16)) == 16
+
+
+def test_registry():
+    names = hrmedseg.list_models("hrmedseg*")
+    for needed in ["hrmedseg", "hrmedseg_lean", "hrmedseg_l4_c96", "hrmedseg_l16_c96",
+                   "hrmedseg_l10_c24", "hrmedseg_l10_c384"]:
+        assert needed in names
+    assert "herseg" in hrmedseg.list_models("herseg*")
+    with pytest.raises(KeyError, match="Did you mean"):
+        hrmedseg.create_model("hrmedsg")
+
+
+def test_pretrained_without_weight_is_a_clear_error():
+    from hrmedseg.models._pretrained import PretrainedWeightError
+    with pytest.raises(PretrainedWeightError, match="no pretrained weight tagged"):
+        hrmedseg.create_model("hrmedseg_lean", pretrained="nonexistent-tag", **TINY)
+
+
+def test_bf16_autocast_forward_backward():
+    m = hrmedseg.create_model("hrmedseg", **TINY)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(torch.randn(1, 3, 32, 32))
+    y.float().mean().backward()
+    assert torch.isfinite(y.float()).all()

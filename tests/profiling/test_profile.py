@@ -1,0 +1,56 @@
+import json
+
+import torch
+from torch import nn
+
+import hrmedseg
+from hrmedseg.cli.main import main
+from hrmedseg.profiling import count_macs, profile_model
+
+
+def test_mac_counters_on_known_layers():
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(8 * 16, 5))
+    mc = count_macs(m, torch.randn(1, 3, 4, 4))
+    conv = 16 * 8 * 3 * 9
+    lin = 8 * 16 * 5
+    assert mc.ops_macs == conv + lin
+    assert mc.module_macs == conv + lin
+
+
+def test_thop_convention_for_transposed_conv():
+    m = nn.ConvTranspose2d(4, 2, 2, stride=2, bias=False)
+    mc = count_macs(m, torch.randn(1, 4, 3, 3))
+    assert mc.ops_macs == 9 * 4 * 2 * 4          # true cost: every input pixel × kernel
+    assert mc.module_macs == 72 * 4 * 4           # thop: per output element, in_ch × k²
+
+
+def test_hrmedseg_macs_match_paper():
+    m = hrmedseg.create_model("hrmedseg")
+    mc = count_macs(m, torch.randn(1, 3, 1024, 1024))
+    assert abs(mc.module_macs / 1e9 - 9.39) / 9.39 < 0.10
+    assert mc.ops_macs > 0.8e10
+
+
+def test_profile_cpu_small(tmp_path):
+    r = profile_model("hrmedseg", size=64, batch=2, device="cpu", warmup=1, iters=1,
+                      embed_dim=24, depth=2, num_heads=(6, 6, 6))
+    assert r.params_total == sum(r.params_by_part.values())
+    assert set(r.params_by_part) == {"encoder", "neck", "decoder"}
+    assert r.train_images_per_s > 0 and r.infer_images_per_s > 0
+    assert r.macs_thop > 0
+
+
+def test_profile_cli_writes_json(tmp_path, capsys):
+    out = tmp_path / "p.json"
+    rc = main(["profile", "hrmedseg_lean", "--size", "64", "--batch", "1", "--device", "cpu",
+               "--iters", "1", "--warmup", "0", "--json", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert data[0]["model"] == "hrmedseg_lean" and data[0]["params_total"] == 3_239_760
+    assert "| hrmedseg_lean |" in capsys.readouterr().out
+
+
+def test_cli_unknown_model_is_one_line(capsys):
+    rc = main(["profile", "nosuchmodel", "--device", "cpu", "--no-speed", "--no-macs"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "unknown model" in err
