@@ -1,5 +1,26 @@
-"""placeholder"""
+"""``hrmedseg check-dataset DIR``: list every problem of a dataset with its file."""
+from __future__ import annotations
+
 import argparse
 
-def add_parser(sub):
-    pass
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check-dataset", help="verify a dataset: pairs, sizes, label values, readability")
+    p.add_argument("root", help="dataset folder (images/ + masks/, or nnU-Net raw layout)")
+    p.add_argument("--num-classes", type=int, default=None, help="expected classes (default: infer)")
+    p.set_defaults(func=run, verb="check_dataset")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data.datasets import check_dataset, discover_pairs
+
+    problems = check_dataset(args.root, num_classes=args.num_classes)
+    n = len(discover_pairs(args.root))
+    order = {"error": 0, "warning": 1, "info": 2}
+    for pr in sorted(problems, key=lambda p: (order.get(p.severity, 3), str(p.path))):
+        print(str(pr))
+    errors = sum(p.severity == "error" for p in problems)
+    warnings = sum(p.severity == "warning" for p in problems)
+    print(f"{n} pairs checked: {errors} errors, {warnings} warnings, "
+          f"{len(problems) - errors - warnings} notes")
+    return 1 if errors else 0

@@ -18,3 +18,10 @@ __all__ = [
     "RotaryEmbedding2d", "TwoWayAttentionBlock", "TwoWayTransformer", "elu_feature_map",
     "linear_attention", "quadratic_attention_reference", "rope_angles",
 ]
+
+# YOLOv8 conv blocks and CNN attention modules (used by QTSeg).
+from .cnn_attention import ChannelAttentionBlock, SpatialAttention
+from .conv import C2f, SPPF, Bottleneck, Conv, ConvTranspose
+
+__all__ += ["Bottleneck", "C2f", "ChannelAttentionBlock", "Conv", "ConvTranspose", "SPPF",
+            "SpatialAttention"]

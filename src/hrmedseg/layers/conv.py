@@ -11,6 +11,8 @@ description:
   kept; the 2 + n pieces are concatenated and fused by a 1×1 ``Conv``.
 * ``SPPF``: 1×1 ``Conv`` to half width, three chained k×k stride-1 max-pools (equivalent to
   SPP with k, 2k−1, 3k−2 windows), concatenation of the 4 maps, 1×1 ``Conv``.
+* ``ConvTranspose``: the learned-upsampling counterpart of ``Conv`` (ConvTranspose2d without
+  bias → BN → SiLU).
 
 BatchNorm uses YOLOv8's ``eps = 1e-3`` and ``momentum = 0.03`` by default.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["Conv", "Bottleneck", "C2f", "SPPF", "autopad"]
+__all__ = ["Conv", "ConvTranspose", "Bottleneck", "C2f", "SPPF", "autopad"]
 
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.03
@@ -107,3 +109,20 @@ class SPPF(nn.Module):
         for _ in range(3):
             ys.append(self.m(ys[-1]))
         return self.cv2(torch.cat(ys, dim=1))
+
+
+class ConvTranspose(nn.Module):
+    """ConvTranspose2d(k, stride s, no bias) → BatchNorm2d → SiLU: YOLO-style learned
+    upsampling by ``stride`` (kernel = stride gives non-overlapping ×s upsampling)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 2, stride: int = 2,
+                 padding: int = 0, act: bool = True, bn_eps: float = BN_EPS,
+                 bn_momentum: float = BN_MOMENTUM) -> None:
+        super().__init__()
+        self.conv_transpose = nn.ConvTranspose2d(in_ch, out_ch, kernel_size, stride, padding,
+                                                 bias=False)
+        self.bn = nn.BatchNorm2d(out_ch, eps=bn_eps, momentum=bn_momentum)
+        self.act = nn.SiLU() if act else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv_transpose(x)))

@@ -38,6 +38,7 @@ class PretrainedWeight:
     license: str = ""
     url: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    preprocess: dict[str, Any] = field(default_factory=dict)   # size + normalisation it expects
     notes: str = ""
 
     def path(self) -> Path:

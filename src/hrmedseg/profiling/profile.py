@@ -53,8 +53,9 @@ def environment(device: torch.device) -> dict[str, Any]:
         "torch": torch.__version__, "python": platform.python_version(),
         "host_cpu": platform.processor() or platform.machine(),
     }
+    import os
     try:
-        env["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+        env["commit"] = os.environ.get("HRMEDSEG_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                        text=True, timeout=5).stdout.strip() or None
     except Exception:
         env["commit"] = None

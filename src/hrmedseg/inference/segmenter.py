@@ -1,0 +1,155 @@
+"""``Segmenter``: apply a model to images of any size and format, as ``hrmedseg predict`` does.
+
+Resize mode: the image is mapped to the model's channels, normalised as the model was trained,
+resized to the model size, segmented, and the logits are resized back to the original size
+(bilinear on logits, then threshold/argmax), so the mask has the image's own size.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+@dataclass
+class Prediction:
+    labels: np.ndarray          # (H, W) uint8/uint16 labels at the original size
+    probabilities: np.ndarray   # (K, H, W) float32 probabilities at the original size (K=1: sigmoid)
+    image: np.ndarray           # the image as read (for overlays)
+    source: str = ""
+    model_labels: np.ndarray | None = None   # (h, w) labels at the model input size
+
+
+def _resolve_model(source: str | os.PathLike | nn.Module, device: torch.device
+                   ) -> tuple[nn.Module, dict[str, Any]]:
+    """A model object, a saved model folder (config.json + model.safetensors), a checkpoint of
+    a training run (its folder or the run folder, best first) or a registered name
+    (``name`` or ``name:pretrained-tag``)."""
+    from ..models._hub import from_pretrained, read_config
+    from ..models._registry import create_model, is_model
+
+    if isinstance(source, nn.Module):
+        return source.to(device), {}
+    p = Path(source)
+    for cand in (p, p / "checkpoints" / "best", p / "checkpoints" / "last"):
+        if (cand / "config.json").is_file():
+            meta = read_config(cand).get("metadata", {})
+            return from_pretrained(cand).to(device), meta.get("preprocess", {})
+    name, _, tag = str(source).partition(":")
+    if is_model(name):
+        model = create_model(name, pretrained=(tag or True))
+        w = getattr(model, "pretrained_weight", None)
+        return model.to(device), (_weight_preprocess(w) if w else {})
+    if p.exists():
+        raise FileNotFoundError(f"{p}: not a model folder (no config.json in it, "
+                                f"nor in checkpoints/best or checkpoints/last)")
+    raise FileNotFoundError(f"{source}: neither a model folder nor a registered model name")
+
+
+def _weight_preprocess(tag: str) -> dict[str, Any]:
+    from ..models._pretrained import weight_index
+    w = weight_index().get(tag)
+    return dict(w.preprocess) if w else {}
+
+
+class Segmenter:
+    """Segment images with a model; see the module docstring for the resize pipeline.
+
+    Args:
+        model: a model, a saved-model/run folder, or ``name[:pretrained-tag]``.
+        device: "cpu", "cuda" or "auto".
+        size: model input (H, W); default: what the model was trained at.
+        normalize: "imagenet", "minmax" or "none"; default: what the model was trained with.
+        precision: "fp32", "bf16" or "fp16" autocast.
+        batch_size: images per forward in :meth:`predict_files`.
+    """
+
+    def __init__(self, model: str | os.PathLike | nn.Module, device: str = "auto",
+                 size: int | Sequence[int] | None = None, normalize: str | None = None,
+                 precision: str = "fp32", batch_size: int = 4) -> None:
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.model, pre = _resolve_model(model, self.device)
+        self.model.eval()
+        cfg = getattr(self.model, "config", None)
+        default_size = pre.get("size") or list(getattr(cfg, "img_size", (1024, 1024)))
+        if size is None:
+            size = default_size
+        self.size = (size, size) if isinstance(size, int) else tuple(int(v) for v in size)
+        self.normalize = normalize or pre.get("normalize", "imagenet")
+        self.in_chans = int(getattr(cfg, "in_chans", 3))
+        self.num_classes = int(getattr(cfg, "num_classes", 1))
+        self.precision = precision
+        self.batch_size = batch_size
+
+    # -- core ---------------------------------------------------------------------------------
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        from ..data.io import normalize, to_model_channels
+        x = normalize(to_model_channels(image, self.in_chans), self.normalize)
+        t = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None]
+        if tuple(t.shape[-2:]) != self.size:
+            t = F.interpolate(t, size=self.size, mode="bilinear", align_corners=False, antialias=True)
+        return t[0]
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dt = {"bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+        return torch.autocast(self.device.type, dtype=dt)
+
+    @torch.inference_mode()
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self.model(batch.to(self.device)).float()
+
+    def _to_original(self, logits: torch.Tensor, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        up = logits[None]
+        if tuple(up.shape[-2:]) != hw:
+            up = F.interpolate(up, size=hw, mode="bilinear", align_corners=False)
+        up = up[0]
+        if self.num_classes == 1:
+            probs = torch.sigmoid(up)
+            labels = (up[0] > 0).to(torch.uint8)
+        else:
+            probs = up.softmax(0)
+            labels = up.argmax(0).to(torch.uint8 if self.num_classes < 256 else torch.int32)
+        return labels.cpu().numpy(), probs.cpu().numpy().astype(np.float32)
+
+    def predict_arrays(self, images: Sequence[np.ndarray], sources: Sequence[str] | None = None
+                       ) -> list[Prediction]:
+        batch = torch.stack([self.preprocess(im) for im in images])
+        lg = self.logits(batch)
+        from ..evaluation.torch_metrics import logits_to_labels
+        model_labels = logits_to_labels(lg).to(torch.uint8 if self.num_classes < 256 else torch.int32)
+        out = []
+        for i, im in enumerate(images):
+            labels, probs = self._to_original(lg[i], im.shape[:2])
+            out.append(Prediction(labels, probs, im, sources[i] if sources else "",
+                                  model_labels[i].cpu().numpy()))
+        return out
+
+    def predict(self, image: np.ndarray | str | os.PathLike) -> Prediction:
+        if isinstance(image, (str, os.PathLike)):
+            from ..data.io import read_image
+            return self.predict_arrays([read_image(image)], [str(image)])[0]
+        return self.predict_arrays([image])[0]
+
+    def predict_files(self, paths: Iterable[str | os.PathLike]) -> Iterable[Prediction]:
+        """Yield predictions file by file, reading ``batch_size`` files per forward."""
+        from ..data.io import read_image
+        chunk: list[tuple[str, np.ndarray]] = []
+        for p in paths:
+            chunk.append((str(p), read_image(p)))
+            if len(chunk) == self.batch_size:
+                yield from self.predict_arrays([c[1] for c in chunk], [c[0] for c in chunk])
+                chunk = []
+        if chunk:
+            yield from self.predict_arrays([c[1] for c in chunk], [c[0] for c in chunk])

@@ -1,0 +1,1 @@
+"""Training: losses, recipes and the training loop."""

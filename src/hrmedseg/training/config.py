@@ -1,0 +1,236 @@
+"""The one typed training configuration, read from YAML with ``section.key=value`` overrides.
+
+A run is described by a :class:`Config`; the CLI reads it (``hrmedseg train --config FILE
+a.b=c ...``), the trainer receives it, and a resolved copy is written to the run folder.
+Unknown keys and wrong types are errors that name the key, never silently ignored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used (message names the key)."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "hrmedseg"
+    num_classes: int = 1
+    in_chans: int = 3
+    pretrained: str = "none"          # "none", "default" or a weight tag / model folder
+    grad_checkpointing: bool = False
+    overrides: dict[str, Any] = field(default_factory=dict)   # model config fields
+
+
+@dataclass
+class DataConfig:
+    root: str = ""                    # dataset folder (images/+masks/ or nnU-Net raw layout)
+    splits: str = ""                  # splits JSON; "" = <root>/splits.json if present
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    kfold: int = 0                    # >0: QTSeg protocol (sorted names, contiguous folds)
+    fold: int = 0
+    size: list[int] = field(default_factory=lambda: [1024, 1024])
+    normalize: str = "imagenet"       # imagenet | minmax | none
+    augment: str = "paper"            # none | paper | strong
+    cache_dir: str = ""               # pre-resized cache; "" = <out_dir>/../.cache/<dataset>
+    workers: int = 4
+    on_error: str = "raise"           # raise | skip (bad files)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"                # adam | adamw | sgd
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    clip_grad_norm: float = 0.0
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "exponential"         # exponential | step | cosine | constant
+    gamma: float = 0.98               # exponential: per epoch; step: factor
+    step_epochs: int = 50
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+
+
+@dataclass
+class LossConfig:
+    name: str = "dice_focal"          # dice_focal | dice_ce | dice | ce | focal
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 16              # global batch (split across ranks under torchrun)
+    precision: str = "bf16"           # fp32 | bf16 | fp16 (autocast)
+    seed: int = 0
+    deterministic: bool = False
+    out_dir: str = "runs/hrmedseg"
+    val_every: int = 1
+    save_every_steps: int = 0         # 0 = only at epoch ends
+    max_steps: int = 0                # stop early after this many optimizer steps (0 = off)
+    time_limit_min: float = 0.0       # stop (and checkpoint) after this many minutes (0 = off)
+    channels_last: bool = False
+    compile: bool = False
+    eval_test: bool = True            # evaluate the best checkpoint on the test split at the end
+    device: str = "auto"              # auto | cpu | cuda
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    origin = typing.get_origin(typ)
+    if typ is Any:
+        return value
+    if origin is list:
+        (inner,) = typing.get_args(typ)
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, inner, key) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if typ is str:
+        if value is None:
+            return ""
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _merge(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown key {path!r} (known: {', '.join(sorted(names))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: expected a section (mapping), got {value!r}")
+            _merge(current, value, path + ".")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], path))
+
+
+def recipe_path(name: str) -> Path:
+    """Path of a shipped recipe (``paper``, ``herseg``, ``qtseg``, ...)."""
+    res = resources.files("hrmedseg") / "training" / "recipes" / f"{name}.yaml"
+    if not res.is_file():
+        avail = sorted(p.name[:-5] for p in (resources.files("hrmedseg") / "training" / "recipes").iterdir()
+                       if p.name.endswith(".yaml"))
+        raise ConfigError(f"no recipe named {name!r}; shipped recipes: {', '.join(avail)}")
+    return Path(str(res))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                base: Config | None = None) -> Config:
+    """Defaults ← YAML file (a path or a recipe name) ← ``a.b=value`` overrides."""
+    cfg = base or Config()
+    if path:
+        p = Path(path)
+        if not p.exists() and not str(path).endswith((".yaml", ".yml")):
+            p = recipe_path(str(path))
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections")
+        data.pop("recipe", None)
+        _merge(cfg, data)
+    for ov in overrides:
+        keys, value = parse_override(ov)
+        nested: dict[str, Any] = {}
+        cur = nested
+        for k in keys[:-1]:
+            cur = cur.setdefault(k, {})
+        cur[keys[-1]] = value
+        _merge(cfg, nested)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    if cfg.train.precision not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"train.precision must be fp32, bf16 or fp16, got {cfg.train.precision!r}")
+    if len(cfg.data.size) not in (1, 2) or min(cfg.data.size) <= 0:
+        raise ConfigError(f"data.size must be S or [H, W], got {cfg.data.size}")
+    if len(cfg.data.size) == 1:
+        cfg.data.size = [cfg.data.size[0], cfg.data.size[0]]
+    if cfg.optim.name not in ("adam", "adamw", "sgd"):
+        raise ConfigError(f"optim.name must be adam, adamw or sgd, got {cfg.optim.name!r}")
+    if cfg.schedule.name not in ("exponential", "step", "cosine", "constant"):
+        raise ConfigError(f"schedule.name must be exponential, step, cosine or constant, "
+                          f"got {cfg.schedule.name!r}")
+    if cfg.data.on_error not in ("raise", "skip"):
+        raise ConfigError(f"data.on_error must be raise or skip, got {cfg.data.on_error!r}")
+    if cfg.train.batch_size < 1 or cfg.train.epochs < 1:
+        raise ConfigError("train.batch_size and train.epochs must be >= 1")
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    from ..models._base import atomic_write_bytes
+    atomic_write_bytes(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())

@@ -1,0 +1,67 @@
+"""From a :class:`Config` to the datasets a run needs (the trainer itself knows no file formats)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import Config, ConfigError
+
+
+@dataclass
+class RunData:
+    train: Any
+    val: Any
+    test: Any
+    class_names: list[str] | None
+    preprocess: dict[str, Any]
+
+
+def split_stems(cfg: Config, stems: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """train/val/test stems from a splits file, the k-fold protocol, or a seeded 80/10/10."""
+    from ..data.splits import kfold_splits, load_splits, random_split
+
+    d = cfg.data
+    root = Path(d.root)
+    if d.kfold:
+        train, test = kfold_splits(stems, d.kfold, d.fold)
+        return train, [], test
+    split_file = Path(d.splits) if d.splits else root / "splits.json"
+    if split_file.is_file():
+        sp = load_splits(split_file)
+        return list(sp[d.train_split]), list(sp[d.val_split] or []), list(sp[d.test_split] or [])
+    if d.splits:
+        raise ConfigError(f"data.splits: {split_file} not found")
+    parts = random_split(stems, (0.8, 0.1, 0.1), seed=cfg.train.seed)
+    return parts["train"], parts["val"], parts["test"]
+
+
+def build_datasets(cfg: Config, num_classes: int, in_chans: int, build_cache_now: bool = True) -> RunData:
+    from ..data.datasets import SegmentationDataset, build_cache, discover_pairs
+    from ..data.transforms import eval_transform, train_transform
+
+    d = cfg.data
+    if not d.root:
+        raise ConfigError("data.root is empty: give the dataset folder (data.root=PATH)")
+    index = discover_pairs(d.root)
+    if len(index) == 0:
+        raise ConfigError(f"{d.root}: no image/mask pairs found")
+    train_s, val_s, test_s = split_stems(cfg, index.stems)
+    size = tuple(d.size)
+    cache = None
+    if build_cache_now:
+        cache_dir = Path(d.cache_dir) if d.cache_dir else (
+            Path(cfg.train.out_dir).parent / ".cache" / f"{Path(d.root).resolve().name}_{size[0]}x{size[1]}")
+        # The cache stores everything at the model size: augmentation then works on small arrays.
+        cache = build_cache(index.samples, size, cache_dir, num_workers=max(0, d.workers),
+                            on_error=d.on_error)
+
+    def make(stems: list[str], transform) -> SegmentationDataset:
+        return SegmentationDataset(index.subset(stems), transform, num_classes, in_chans, cache,
+                                   d.on_error, normalization=d.normalize)
+
+    train = make(train_s, train_transform(size, d.augment))
+    val = make(val_s, eval_transform(size)) if val_s else None
+    test = make(test_s, eval_transform(size)) if test_s else None
+    pre = {"size": list(size), "normalize": d.normalize}
+    return RunData(train, val, test, index.class_names, pre)

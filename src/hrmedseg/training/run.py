@@ -1,0 +1,77 @@
+"""``train(cfg)``: build model, loss and data from one config, fit, then test the best weights."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import Config, ConfigError
+
+
+def build_model(cfg: Config):
+    from ..models._hub import from_pretrained
+    from ..models._registry import create_model
+
+    m = cfg.model
+    pre = m.pretrained.strip()
+    kwargs: dict[str, Any] = dict(num_classes=m.num_classes, in_chans=m.in_chans,
+                                  img_size=tuple(cfg.data.size), **m.overrides)
+    if pre and pre not in ("none", "default", "true", "false") and Path(pre).is_dir():
+        return from_pretrained(pre)
+    flag: bool | str = False if pre in ("", "none", "false") else (True if pre in ("default", "true") else pre)
+    return create_model(m.name, pretrained=flag, **kwargs)
+
+
+def train(cfg: Config, resume: bool = True) -> dict[str, Any]:
+    """Run a whole training as configured; returns a small summary dict."""
+    from ..evaluation.evaluate import evaluate_samples, format_summary
+    from ..inference.segmenter import Segmenter
+    from ..models._hub import from_pretrained
+    from .checkpoint import find_checkpoint
+    from .data_setup import build_datasets
+    from .distributed import init_distributed
+    from .losses import build_loss
+    from .trainer import Trainer
+
+    info = init_distributed(cfg.train.device)
+    model = build_model(cfg)
+    num_classes = int(model.config.num_classes)
+    data = build_datasets(cfg, num_classes, int(model.config.in_chans), build_cache_now=info.is_main)
+    if info.enabled:
+        from .distributed import barrier
+        barrier(info)
+        if not info.is_main:  # the cache exists now; open it read-only
+            data = build_datasets(cfg, num_classes, int(model.config.in_chans), build_cache_now=True)
+    try:
+        loss = build_loss(cfg.loss.name, num_classes, **cfg.loss.kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"loss: {exc}") from None
+    trainer = Trainer(cfg, model, loss, data.train, data.val, info, preprocess=data.preprocess)
+    result = trainer.fit(resume=resume)
+    summary: dict[str, Any] = {"run_dir": str(result.run_dir), "epochs_done": result.epochs_done,
+                               "global_step": result.global_step, "best_val_dice": result.best_val_dice,
+                               "stopped_early": result.stopped_early}
+    finished = result.epochs_done >= cfg.train.epochs
+    # A run cut short by its time limit is still evaluated (its summary says how far it got);
+    # one stopped by max_steps is a partial run on purpose and is not.
+    timed_out = result.stopped_early and not (cfg.train.max_steps and result.global_step >= cfg.train.max_steps)
+    if info.is_main and (finished or timed_out) and cfg.train.eval_test and data.test is not None:
+        best = find_checkpoint(Path(cfg.train.out_dir) / "checkpoints", "best") or \
+            find_checkpoint(Path(cfg.train.out_dir) / "checkpoints", "last")
+        seg = Segmenter(from_pretrained(best), device=str(info.device), size=cfg.data.size,
+                        normalize=cfg.data.normalize, precision=cfg.train.precision,
+                        batch_size=max(1, cfg.train.batch_size // 2))
+        test_dir = Path(cfg.train.out_dir) / "test"
+        res = evaluate_samples(seg, data.test.samples, out_dir=test_dir, overlays=6,
+                               class_names=data.class_names, progress=True)
+        print(format_summary(res, "model_resolution"), file=sys.stderr)
+        print(format_summary(res, "original_resolution"), file=sys.stderr)
+        summary["test"] = {k: {m: v["mean"] for m, v in res[k].items() if "/" not in m}
+                           for k in ("model_resolution", "original_resolution")}
+    trainer.close()
+    if info.is_main:
+        from ..models._base import atomic_write_bytes
+        atomic_write_bytes(Path(cfg.train.out_dir) / "summary.json",
+                           (json.dumps(summary, indent=2) + "\n").encode())
+    return summary

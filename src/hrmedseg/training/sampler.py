@@ -1,0 +1,74 @@
+"""Deterministic, resumable batch order that does not depend on the number of processes.
+
+Each epoch draws one global permutation from (seed, epoch); global batch b is
+``perm[b*G:(b+1)*G]`` and rank r takes its contiguous share of it. So a run resumed at
+(epoch, step) sees exactly the batches it would have seen, with any world size, and every
+sample index travels with its epoch, so augmentation can be seeded per (seed, epoch, index).
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch.utils.data import Dataset
+
+
+class EpochBatchSampler:
+    def __init__(self, num_samples: int, global_batch: int, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = True, seed: int = 0, drop_last: bool = True) -> None:
+        if global_batch % world_size:
+            raise ValueError(f"batch size {global_batch} is not divisible by {world_size} processes")
+        if drop_last and num_samples < global_batch:
+            raise ValueError(f"{num_samples} training samples are fewer than one batch of {global_batch}")
+        self.n, self.g, self.rank, self.world = num_samples, global_batch, rank, world_size
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def batches_per_epoch(self) -> int:
+        return self.n // self.g if self.drop_last else -(-self.n // self.g)
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_epoch() - self.start_batch)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            perm = torch.randperm(self.n, generator=gen).tolist()
+        else:
+            perm = list(range(self.n))
+        per_rank = self.g // self.world
+        for b in range(self.start_batch, self.batches_per_epoch()):
+            glob = perm[b * self.g:(b + 1) * self.g]
+            local = glob[self.rank * per_rank:(self.rank + 1) * per_rank]
+            if local:
+                yield [(i, self.epoch) for i in local]
+
+
+class SeededDataset(Dataset):
+    """Wraps a dataset whose items are indexed by (index, epoch): seeds the augmentation from
+    (seed, epoch, index) before each item, so results do not depend on workers or resumption."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int] | int):
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        item_seed = (self.seed * 1_000_003 + epoch * 7_919 + index) % (2**31 - 1)
+        import random
+
+        import numpy as np
+        random.seed(item_seed)
+        np.random.seed(item_seed)
+        torch.manual_seed(item_seed)
+        tf = getattr(self.dataset, "transform", None)
+        for obj in (tf, getattr(tf, "compose", None)):  # albumentations keeps its own generator
+            if obj is not None and hasattr(obj, "set_random_seed"):
+                obj.set_random_seed(item_seed)
+                break
+        return self.dataset[index]

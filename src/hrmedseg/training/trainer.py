@@ -1,0 +1,359 @@
+"""The training loop: mixed precision, atomic checkpoints, exact resume, DDP, curves.
+
+The trainer receives a :class:`~hrmedseg.training.config.Config` and datasets; it knows
+neither the command line nor file formats (``data_setup`` builds the datasets).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..evaluation.torch_metrics import logits_to_labels, per_image_dice_iou
+from .checkpoint import find_checkpoint, load_state, save_checkpoint
+from .config import Config, save_config
+from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from .sampler import EpochBatchSampler, SeededDataset
+
+AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+CSV_FIELDS = ["epoch", "step", "train_loss", "val_loss", "val_dice", "val_iou", "lr",
+              "epoch_time_s", "train_images_per_s", "peak_mem_gb"]
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    epochs_done: int
+    global_step: int
+    best_val_dice: float | None
+    stopped_early: bool
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    import random
+
+    import numpy as np
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def lr_factor(cfg: Config, epoch_float: float) -> float:
+    """Learning-rate multiplier at a (fractional) epoch: warm-up, then the schedule."""
+    s = cfg.schedule
+    if s.warmup_epochs > 0 and epoch_float < s.warmup_epochs:
+        return max(epoch_float / s.warmup_epochs, 1e-3)
+    e = epoch_float - s.warmup_epochs
+    base = cfg.optim.lr
+    floor = s.min_lr / base if base > 0 else 0.0
+    if s.name == "exponential":
+        f = s.gamma ** math.floor(e)          # decays once per epoch, as the papers do
+    elif s.name == "step":
+        f = s.gamma ** math.floor(e / max(1, s.step_epochs))
+    elif s.name == "cosine":
+        total = max(1e-9, cfg.train.epochs - s.warmup_epochs)
+        f = 0.5 * (1 + math.cos(math.pi * min(1.0, e / total)))
+    else:
+        f = 1.0
+    return max(f, floor)
+
+
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    params = [p for p in model.parameters() if p.requires_grad]
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=Path(__file__).parent)
+        return out.stdout.strip() or None
+    except Exception:
+        return os.environ.get("HRMEDSEG_COMMIT")
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"image": torch.stack([it["image"] for it in items]),
+            "mask": torch.stack([it["mask"] for it in items]),
+            "stem": [it.get("stem", "") for it in items]}
+
+
+class Trainer:
+    def __init__(self, cfg: Config, model: nn.Module, loss_fn: nn.Module, train_set: Dataset,
+                 val_set: Dataset | None = None, dist_info: DistInfo | None = None,
+                 preprocess: dict[str, Any] | None = None) -> None:
+        self.cfg = cfg
+        self.info = dist_info or init_distributed(cfg.train.device)
+        self.device = self.info.device
+        self.run_dir = Path(cfg.train.out_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.preprocess = preprocess or {}
+        seed_everything(cfg.train.seed, cfg.train.deterministic)
+        self.model = model.to(self.device)
+        if cfg.model.grad_checkpointing and hasattr(self.model, "set_grad_checkpointing"):
+            self.model.set_grad_checkpointing(True)
+        if cfg.train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.net: nn.Module = self.model
+        if self.info.enabled:
+            if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
+                self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+                self.model = self.net
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.train.compile:
+            self.net = torch.compile(self.net)
+        self.loss_fn = loss_fn
+        self.opt = build_optimizer(cfg, self.model)
+        self.amp = AMP[cfg.train.precision]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16")
+        self.train_set, self.val_set = train_set, val_set
+        self.sampler = EpochBatchSampler(len(train_set), cfg.train.batch_size, self.info.rank,  # type: ignore[arg-type]
+                                         self.info.world_size, shuffle=True, seed=cfg.train.seed)
+        self.epoch, self.batch_in_epoch, self.global_step = 0, 0, 0
+        self.best: float | None = None
+
+    # -- state ----------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        st: dict[str, Any] = {
+            "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "global_step": self.global_step, "best_val_dice": self.best,
+            "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(), "world_size": self.info.world_size,
+            "global_batch": self.cfg.train.batch_size,
+        }
+        if torch.cuda.is_available():
+            st["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return st
+
+    def _metadata(self) -> dict[str, Any]:
+        return {"preprocess": self.preprocess, "epoch": self.epoch, "global_step": self.global_step}
+
+    def save(self, tag: str) -> None:
+        if self.info.is_main:
+            save_checkpoint(self.ckpt_dir, tag, self.model, self._state(), self._metadata())
+        barrier(self.info)
+
+    def resume(self) -> bool:
+        """Load ``checkpoints/last`` if present; returns whether a run was resumed."""
+        from ..models._hub import load_safetensors, load_state_dict_checked
+        path = find_checkpoint(self.ckpt_dir, "last")
+        if path is None:
+            return False
+        state = load_state(path)
+        weights = load_safetensors(path / "model.safetensors")
+        load_state_dict_checked(self.model, weights, source=str(path / "model.safetensors"))
+        self.opt.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"][: torch.cuda.device_count()])
+        if state.get("global_batch") != self.cfg.train.batch_size:
+            raise RuntimeError(f"{path}: saved with global batch {state.get('global_batch')}, "
+                               f"config says {self.cfg.train.batch_size}; resume needs the same")
+        self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
+        self.global_step, self.best = int(state["global_step"]), state["best_val_dice"]
+        return True
+
+    # -- one epoch --------------------------------------------------------------------------
+    def _loader(self) -> DataLoader:
+        workers = self.cfg.data.workers
+        return DataLoader(SeededDataset(self.train_set, self.cfg.train.seed), batch_sampler=self.sampler,
+                          num_workers=workers, collate_fn=_collate,
+                          pin_memory=self.device.type == "cuda", persistent_workers=False,
+                          prefetch_factor=4 if workers > 0 else None)
+
+    def _set_lr(self) -> float:
+        per_epoch = self.sampler.batches_per_epoch()
+        lr = self.cfg.optim.lr * lr_factor(self.cfg, self.epoch + self.batch_in_epoch / per_epoch)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        return lr
+
+    def _autocast(self):
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
+
+    def train_step(self, batch: dict[str, Any]) -> float:
+        x = batch["image"].to(self.device, non_blocking=True)
+        y = batch["mask"].to(self.device, non_blocking=True)
+        if self.cfg.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        self.opt.zero_grad(set_to_none=True)
+        with self._autocast():
+            logits = self.net(x)
+        loss = self.loss_fn(logits.float(), y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {self.global_step}; "
+                                     f"lower optim.lr or use train.precision=fp32")
+        self.scaler.scale(loss).backward()
+        if self.cfg.optim.clip_grad_norm > 0:
+            self.scaler.unscale_(self.opt)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_grad_norm)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        if self.val_set is None or len(self.val_set) == 0:  # type: ignore[arg-type]
+            return {}
+        self.net.eval()
+        num_classes = int(self.model.config.num_classes)
+        idx = list(range(self.info.rank, len(self.val_set), self.info.world_size))  # type: ignore[arg-type]
+        bs = max(1, self.cfg.train.batch_size // self.info.world_size)
+        loader = DataLoader(torch.utils.data.Subset(self.val_set, idx), batch_size=bs,
+                            num_workers=self.cfg.data.workers, collate_fn=_collate)
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, dice, iou, count
+        for batch in loader:
+            x = batch["image"].to(self.device)
+            y = batch["mask"].to(self.device)
+            with self._autocast():
+                logits = self.model(x)
+            logits = logits.float()
+            loss = self.loss_fn(logits, y)
+            dice, iou = per_image_dice_iou(logits_to_labels(logits), y, num_classes)
+            n = x.shape[0]
+            sums += torch.tensor([float(loss) * n, dice.mean(1).sum().item(), iou.mean(1).sum().item(), n],
+                                 dtype=torch.float64, device=self.device)
+        sums = all_reduce_sum(sums, self.info)
+        self.net.train()
+        n = max(1.0, sums[3].item())
+        return {"val_loss": sums[0].item() / n, "val_dice": 100 * sums[1].item() / n,
+                "val_iou": 100 * sums[2].item() / n}
+
+    # -- the run ------------------------------------------------------------------------------
+    def _write_run_files(self, resumed: bool) -> None:
+        if not self.info.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, self.run_dir / "config.yaml")
+        env = {
+            "seed": self.cfg.train.seed, "deterministic": self.cfg.train.deterministic,
+            "world_size": self.info.world_size, "global_batch": self.cfg.train.batch_size,
+            "per_process_batch": self.cfg.train.batch_size // self.info.world_size,
+            "base_lr": self.cfg.optim.lr,
+            "lr_note": "the configured lr applies to the global batch; it is not rescaled with world size",
+            "precision": self.cfg.train.precision, "device": str(self.device),
+            "gpu": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
+            "torch": torch.__version__, "python": platform.python_version(),
+            "commit": _git_commit(), "resumed": resumed, "argv": sys.argv,
+            "train_samples": len(self.train_set),  # type: ignore[arg-type]
+            "val_samples": len(self.val_set) if self.val_set is not None else 0,  # type: ignore[arg-type]
+        }
+        from ..models._base import atomic_write_bytes
+        name = "env.json" if not resumed else f"env_resume_step{self.global_step}.json"
+        atomic_write_bytes(self.run_dir / name, (json.dumps(env, indent=2) + "\n").encode())
+
+    def _append_csv(self, row: dict[str, Any]) -> None:
+        path = self.run_dir / "metrics.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+            if new:
+                w.writeheader()
+            w.writerow({k: row.get(k, "") for k in CSV_FIELDS})
+
+    def fit(self, resume: bool = True) -> FitResult:
+        from tqdm.auto import tqdm
+
+        from .curves import plot_training_curves
+
+        resumed = self.resume() if resume else False
+        self._write_run_files(resumed)
+        cfg = self.cfg
+        start_time = time.monotonic()
+        stopped = False
+        self.net.train()
+        while self.epoch < cfg.train.epochs and not stopped:
+            self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
+            loader = self._loader()
+            t0 = time.monotonic()
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.device)
+            loss_sum, seen, n_imgs = 0.0, 0, 0
+            bar = tqdm(total=self.sampler.batches_per_epoch(), initial=self.batch_in_epoch,
+                       desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}", unit="batch",
+                       disable=not self.info.is_main, dynamic_ncols=True, file=sys.stderr)
+            for batch in loader:
+                lr = self._set_lr()
+                loss = self.train_step(batch)
+                self.batch_in_epoch += 1
+                self.global_step += 1
+                loss_sum, seen = loss_sum + loss, seen + 1
+                n_imgs += batch["image"].shape[0] * self.info.world_size
+                rate = n_imgs / max(1e-9, time.monotonic() - t0)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
+                bar.update(1)
+                if cfg.train.save_every_steps and self.global_step % cfg.train.save_every_steps == 0:
+                    self.save("last")
+                out_of_steps = cfg.train.max_steps and self.global_step >= cfg.train.max_steps
+                out_of_time = (cfg.train.time_limit_min and
+                               time.monotonic() - start_time > 60 * cfg.train.time_limit_min)
+                if out_of_steps or out_of_time:
+                    stopped = True
+                    break
+            bar.close()
+            epoch_done = self.batch_in_epoch >= self.sampler.batches_per_epoch()
+            stats = torch.tensor([loss_sum, float(seen)], dtype=torch.float64, device=self.device)
+            stats = all_reduce_sum(stats, self.info)
+            train_loss = (stats[0] / stats[1].clamp_min(1)).item()
+            if epoch_done:
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                row: dict[str, Any] = {"epoch": self.epoch, "step": self.global_step,
+                                       "train_loss": round(train_loss, 6), "lr": self.opt.param_groups[0]["lr"]}
+                if self.val_set is not None and (self.epoch % cfg.train.val_every == 0
+                                                 or self.epoch == cfg.train.epochs):
+                    row.update({k: round(v, 4) for k, v in self.validate().items()})
+                dt = time.monotonic() - t0
+                row["epoch_time_s"] = round(dt, 2)
+                row["train_images_per_s"] = round(n_imgs / max(dt, 1e-9), 2)
+                if self.device.type == "cuda":
+                    row["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 1e9, 3)
+                if "val_dice" in row:
+                    improved = self.best is None or row["val_dice"] > self.best
+                    if improved:
+                        self.best = row["val_dice"]
+                else:  # no validation this epoch: the latest weights stand in as "best"
+                    improved = self.val_set is None
+                self.save("last")
+                if improved:
+                    self.save("best")
+                if self.info.is_main:
+                    self._append_csv(row)
+                    plot_training_curves(self.run_dir / "metrics.csv", self.run_dir / "curve.png")
+                    msg = ", ".join(f"{k}={v}" for k, v in row.items())
+                    print(f"[epoch {self.epoch}] {msg}", file=sys.stderr, flush=True)
+            else:
+                self.save("last")  # stopped mid-epoch: resume continues at this exact batch
+        return FitResult(self.run_dir, self.epoch, self.global_step, self.best, stopped)
+
+    def close(self) -> None:
+        cleanup(self.info)
