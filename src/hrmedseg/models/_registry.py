@@ -99,7 +99,7 @@ def _check_name(name: str) -> None:
 
 
 def create_model(name: str, pretrained: bool | str = False, num_classes: int = 1,
-                 in_chans: int = 3, img_size: int | tuple[int, int] = 1024,
+                 in_chans: int = 3, img_size: int | tuple[int, int] | None = None,
                  **overrides: Any) -> nn.Module:
     """Build a registered model.
 
@@ -108,11 +108,14 @@ def create_model(name: str, pretrained: bool | str = False, num_classes: int = 1
         pretrained: False, True (the variant's default shipped weight) or a weight tag.
         num_classes: output channels; 1 = binary (sigmoid), >1 = softmax over classes.
         in_chans: input channels.
-        img_size: the training/inference size the model is built for. Models of this package
-            accept other sizes at run time (see each model's size rule).
+        img_size: the training/inference size the model is built for (default: the variant's
+            own, e.g. 1024 for hrmedseg, 512 for qtseg). Models of this package accept other
+            sizes at run time (see each model's size rule).
         **overrides: any field of the model's config dataclass.
     """
     _ensure_loaded()
     _check_name(name)
+    if img_size is not None:
+        overrides["img_size"] = img_size
     return _ENTRYPOINTS[name](pretrained=pretrained, num_classes=num_classes,
-                              in_chans=in_chans, img_size=img_size, **overrides)
+                              in_chans=in_chans, **overrides)
