@@ -500,7 +500,7 @@ def test_mobile_sam_segments_kvasir_with_gt_box():
     stems = json.loads((KVASIR / "splits.json").read_text())["test"][:2]
     dices = []
     for stem in stems:
-        image = np.asarray(Image.open(KVASIR / "images" / f"{stem}.jpg").convert("RGB"))
+        image = np.array(Image.open(KVASIR / "images" / f"{stem}.jpg").convert("RGB"))
         gt = np.asarray(Image.open(KVASIR / "masks" / f"{stem}.jpg").convert("L")) >= 128
         boxes = torch.from_numpy(boxes_from_mask(gt, min_area=16))
         with torch.no_grad():

@@ -52,7 +52,8 @@ MASK_SUFFIXES: tuple[str, ...] = (
     "_1stho", "_seg", "_gt", ".mask",
 )
 _IMAGE_DIRS = ("images", "imgs", "image", "img")
-_MASK_DIRS = ("masks", "mask", "labels", "label", "annotations", "gt", "ground_truth")
+# Singular "mask" is deliberately absent: DRIVE-style data use mask/ for the field of view, not labels.
+_MASK_DIRS = ("masks", "labels", "label", "annotations", "gt", "ground_truth")
 _NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
 
 
@@ -248,9 +249,11 @@ def discover_pairs(
     idir = _pick_dir(r, image_dir, _IMAGE_DIRS)
     mdir = _pick_dir(r, mask_dir, _MASK_DIRS)
     if idir is None or mdir is None:
+        found = ", ".join(sorted(p.name for p in r.iterdir() if p.is_dir())) or "none"
         raise ValueError(
-            f"{r}: not a recognised dataset layout; expected images/ + masks/ folders or the nnU-Net "
-            "raw layout (dataset.json, imagesTr/, labelsTr/)")
+            f"{r}: not a recognised dataset layout; expected images/ + masks/ folders (or pass "
+            "image_dir=/mask_dir=) or the nnU-Net raw layout (dataset.json, imagesTr/, labelsTr/); "
+            f"sub-folders found: {found}")
     return _discover_folder(r, idir, mdir, mask_suffixes)
 
 

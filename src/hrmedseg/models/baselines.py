@@ -142,6 +142,9 @@ def _encoder_stride(net: nn.Module, kw: dict[str, Any]) -> int:
     return int(getattr(getattr(net, "encoder", None), "output_stride", 32) or 32)
 
 
+# Parameter groups: for SwinUNETR/UNETR "encoder" is the transformer; MONAI's conv blocks named
+# encoder1..10 sit on the skip paths and count with the decoder. AttentionUnet nests its levels
+# (one module per depth holds encoder and decoder parts), so it is one group.
 _CNN_UNET_BLOCKS = ("TwoConv", "Down", "UpCat")
 _SMP_GROUPS = (("encoder", ("encoder",)), ("decoder", ("decoder",)),
                ("head", ("segmentation_head", "classification_head")))

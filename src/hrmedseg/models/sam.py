@@ -843,8 +843,9 @@ def download_checkpoint(name: str, dest: str | os.PathLike | None = None, *,
     filename = src.rsplit("/", 1)[-1] or f"{name}.pt"
     if dest is None:
         dest = checkpoint_dirs()[-1]
+    as_dir = isinstance(dest, str) and dest.endswith(("/", os.sep))
     dest = Path(dest)
-    if dest.is_dir() or str(dest).endswith(os.sep):
+    if as_dir or dest.is_dir():
         dest = dest / filename
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.is_file() and not overwrite and sha256_of(dest) == want:
