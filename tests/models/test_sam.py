@@ -449,6 +449,9 @@ def test_download_checkpoint_file_url(tmp_path):
     src.write_bytes(payload)
     other = download_checkpoint("mine", tmp_path / "x" / "named.bin", url=src.as_uri(), sha256=sha)
     assert other.read_bytes() == payload
+    # a folder that does not exist yet, named with a trailing separator
+    fresh = download_checkpoint("mine", f"{tmp_path / 'new'}/", url=src.as_uri(), sha256=sha)
+    assert fresh == tmp_path / "new" / "weights.pt" and fresh.read_bytes() == payload
 
 
 def test_download_checkpoint_rejects_wrong_sha(tmp_path):
@@ -475,7 +478,7 @@ def mobile_sam_state():
 
 
 @pytest.mark.slow
-def test_mobile_sam_checkpoint_loads_strictly(mobile_sam_state):
+def test_mobile_sam_checkpoint_loads_strictly(mobile_sam_state, monkeypatch):
     assert hashlib.sha256(MOBILE_SAM.read_bytes()).hexdigest() == MOBILE_SAM_SHA
     m = hrmedseg.create_model("mobile_sam")
     m.load_state_dict(mobile_sam_state, strict=True)        # MobileSAM's own key names
@@ -489,6 +492,12 @@ def test_mobile_sam_checkpoint_loads_strictly(mobile_sam_state):
     assert exported.keys() == mobile_sam_state.keys()
     assert all(torch.equal(exported[k], v) for k, v in mobile_sam_state.items())
     assert sum(p.numel() for p in m.parameters()) == 10_130_092
+    # pretrained=True finds the official file (verified by sha256) in $HRMEDSEG_CHECKPOINT_DIR
+    monkeypatch.setenv("HRMEDSEG_CHECKPOINT_DIR", str(MOBILE_SAM.parent))
+    found = hrmedseg.create_model("mobile_sam", pretrained=True)
+    assert found.pretrained_weight == "mobile_sam"
+    assert torch.equal(found.mask_decoder.iou_token.weight,
+                       mobile_sam_state["mask_decoder.iou_token.weight"])
 
 
 @pytest.mark.slow

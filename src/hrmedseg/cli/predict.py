@@ -8,7 +8,9 @@ from pathlib import Path
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="segment image files or folders, writing mask and overlay PNGs")
     p.add_argument("model", help="run folder, saved model folder, or name[:pretrained-tag]")
-    p.add_argument("inputs", nargs="+", help="image files and/or folders")
+    p.add_argument("inputs", nargs="*", help="image files and/or folders")
+    p.add_argument("--samples", action="store_true",
+                   help="use the CC0 DSB-2018 sample images shipped in the package (with their masks as --gt)")
     p.add_argument("-o", "--out", type=Path, required=True)
     p.add_argument("--device", default="auto")
     p.add_argument("--size", type=int, nargs="+", help="model input size (default: as trained)")
@@ -37,6 +39,12 @@ def _collect(inputs: list[str]) -> list[Path]:
     return files
 
 
+def sample_dir() -> Path:
+    """The shipped sample images (DSB-2018 test split, CC0)."""
+    from importlib import resources
+    return Path(str(resources.files("hrmedseg") / "samples" / "dsb2018"))
+
+
 def _gt_for(gt: Path | None, image: Path, single: bool) -> Path | None:
     if gt is None:
         return None
@@ -56,6 +64,12 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.segmenter import Segmenter
     from ..inference.visualize import prediction_overlay
 
+    if args.samples:
+        root = sample_dir()
+        args.inputs = list(args.inputs) + [str(root / "images")]
+        args.gt = args.gt or root / "masks"
+    if not args.inputs:
+        raise FileNotFoundError("no inputs: give image files/folders, or --samples")
     files = _collect(args.inputs)
     size = None if not args.size else (args.size * 2 if len(args.size) == 1 else args.size)
     seg = Segmenter(args.model, device=args.device, size=size, precision=args.precision,

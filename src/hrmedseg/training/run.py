@@ -32,9 +32,10 @@ def train(cfg: Config, resume: bool = True) -> dict[str, Any]:
     from .data_setup import build_datasets
     from .distributed import init_distributed
     from .losses import build_loss
-    from .trainer import Trainer
+    from .trainer import Trainer, seed_everything
 
     info = init_distributed(cfg.train.device)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)  # the initial weights depend on it
     model = build_model(cfg)
     num_classes = int(model.config.num_classes)
     data = build_datasets(cfg, num_classes, int(model.config.in_chans), build_cache_now=info.is_main)

@@ -58,17 +58,26 @@ class SeededDataset(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: tuple[int, int] | int):
-        index, epoch = key if isinstance(key, tuple) else (key, 0)
-        item_seed = (self.seed * 1_000_003 + epoch * 7_919 + index) % (2**31 - 1)
         import random
 
         import numpy as np
-        random.seed(item_seed)
-        np.random.seed(item_seed)
-        torch.manual_seed(item_seed)
-        tf = getattr(self.dataset, "transform", None)
-        for obj in (tf, getattr(tf, "compose", None)):  # albumentations keeps its own generator
-            if obj is not None and hasattr(obj, "set_random_seed"):
-                obj.set_random_seed(item_seed)
-                break
-        return self.dataset[index]
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        item_seed = (self.seed * 1_000_003 + epoch * 7_919 + index) % (2**31 - 1)
+        # Seed every generator an augmentation library may use, and put the global ones back
+        # afterwards so that loading data in the main process (workers=0) does not disturb the
+        # model's own randomness (dropout, stochastic depth).
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            random.seed(item_seed)
+            np.random.seed(item_seed)
+            torch.manual_seed(item_seed)
+            tf = getattr(self.dataset, "transform", None)
+            for obj in (tf, getattr(tf, "compose", None)):  # albumentations keeps its own generator
+                if obj is not None and hasattr(obj, "set_random_seed"):
+                    obj.set_random_seed(item_seed)
+                    break
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)

@@ -186,7 +186,10 @@ class Trainer:
         return DataLoader(SeededDataset(self.train_set, self.cfg.train.seed), batch_sampler=self.sampler,
                           num_workers=workers, collate_fn=_collate,
                           pin_memory=self.device.type == "cuda", persistent_workers=False,
-                          prefetch_factor=4 if workers > 0 else None)
+                          prefetch_factor=4 if workers > 0 else None,
+                          # Own generator: creating an iterator must not draw from the global
+                          # RNG, or a resumed run's dropout/drop-path draws would shift.
+                          generator=torch.Generator().manual_seed(self.cfg.train.seed + self.epoch))
 
     def _set_lr(self) -> float:
         per_epoch = self.sampler.batches_per_epoch()
@@ -229,7 +232,8 @@ class Trainer:
         idx = list(range(self.info.rank, len(self.val_set), self.info.world_size))  # type: ignore[arg-type]
         bs = max(1, self.cfg.train.batch_size // self.info.world_size)
         loader = DataLoader(torch.utils.data.Subset(self.val_set, idx), batch_size=bs,
-                            num_workers=self.cfg.data.workers, collate_fn=_collate)
+                            num_workers=self.cfg.data.workers, collate_fn=_collate,
+                            generator=torch.Generator().manual_seed(self.cfg.train.seed))
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, dice, iou, count
         for batch in loader:
             x = batch["image"].to(self.device)

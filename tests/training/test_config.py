@@ -1,0 +1,46 @@
+import pytest
+
+from hrmedseg.training.config import ConfigError, load_config
+
+
+def test_paper_recipe_is_default_values():
+    cfg = load_config("paper")
+    assert cfg.optim.name == "adam" and cfg.optim.lr == 1e-4
+    assert cfg.schedule.name == "exponential" and cfg.schedule.gamma == 0.98
+    assert cfg.train.batch_size == 16 and cfg.data.size == [1024, 1024]
+    assert cfg.loss.name == "dice_focal"
+
+
+def test_overrides_and_types(tmp_path):
+    cfg = load_config("paper", ["optim.lr=1e-3", "data.size=512", "train.deterministic=true",
+                                "model.overrides={depth: 4}"])
+    assert cfg.optim.lr == 1e-3 and cfg.data.size == [512, 512]
+    assert cfg.train.deterministic is True and cfg.model.overrides == {"depth": 4}
+
+
+@pytest.mark.parametrize("ov,match", [
+    (["optim.lrr=1"], "unknown key 'optim.lrr'"),
+    (["train.epochs=many"], "train.epochs: expected an integer"),
+    (["train.precision=fp8"], "train.precision"),
+    (["nosection.x=1"], "unknown key 'nosection'"),
+    (["optim=3"], "optim: expected a section"),
+])
+def test_bad_overrides_name_the_key(ov, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("paper", ov)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="no recipe named"):
+        load_config("nosuchrecipe")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_all_shipped_recipes_load():
+    for name in ("paper", "herseg", "qtseg"):
+        load_config(name)

@@ -1,0 +1,88 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hrmedseg.cli.main import main
+from hrmedseg.training.checkpoint import find_checkpoint, load_state
+
+from _trainutils import make_dataset, tiny_args
+
+
+def test_train_writes_run_folder_and_evaluates(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(tiny_args(tiny_dataset, out, epochs=2)) == 0
+    for f in ("config.yaml", "env.json", "metrics.csv", "curve.png", "summary.json",
+              "checkpoints/last/model.safetensors", "checkpoints/best/config.json",
+              "test/per_image.csv", "test/summary.json"):
+        assert (out / f).is_file(), f
+    rows = (out / "metrics.csv").read_text().strip().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("epoch,step,train_loss")
+    env = json.loads((out / "env.json").read_text())
+    assert env["seed"] == 0 and env["deterministic"] is True and env["global_batch"] == 4
+    state = load_state(out / "checkpoints" / "last")  # loads with weights_only=True
+    assert state["epoch"] == 2 and state["batch_in_epoch"] == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert "test" in summary and 0.0 <= summary["test"]["model_resolution"]["dice"] <= 1.0
+
+
+def test_loss_falls_on_learnable_data(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    main(tiny_args(tiny_dataset, out, epochs=20, extra=["optim.lr=3e-3", "train.eval_test=false"]))
+    losses = [float(r.split(",")[2]) for r in (out / "metrics.csv").read_text().splitlines()[1:]]
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def _weights(run):
+    return load_file(str(run / "checkpoints" / "last" / "model.safetensors"))
+
+
+def test_kill_mid_epoch_and_resume_gives_identical_weights(tmp_path):
+    """A run killed with SIGKILL mid-epoch resumes at the exact batch and ends bit-identical."""
+    tiny_dataset = make_dataset(tmp_path / "ds", n=48)
+    extra = ["train.save_every_steps=1", "train.eval_test=false"]
+    ref = tmp_path / "ref"
+    assert main(tiny_args(tiny_dataset, ref, epochs=4, extra=extra)) == 0
+
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "hrmedseg", *tiny_args(tiny_dataset, run, epochs=4, extra=extra)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        ck = find_checkpoint(run / "checkpoints", "last")
+        if ck is not None:
+            try:
+                st = load_state(ck)
+            except Exception:
+                st = None
+            if st and st["global_step"] >= 3 and st["batch_in_epoch"] != 0:
+                proc.send_signal(signal.SIGKILL)
+                killed_at = st["global_step"]
+                break
+        time.sleep(0.05)
+    proc.wait(timeout=30)
+    if killed_at is None:
+        pytest.skip("the run finished before it could be killed mid-epoch")
+    st = load_state(find_checkpoint(run / "checkpoints", "last"))
+    assert st["epoch"] < 4 and st["global_step"] < 4 * 9
+    assert main(tiny_args(tiny_dataset, run, epochs=4, extra=extra)) == 0  # resumes
+    a, b = _weights(ref), _weights(run)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert any(p.name.startswith("env_resume_step") for p in run.iterdir())
+
+
+def test_bad_dataset_is_one_line_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    rc = main(tiny_args(tmp_path / "empty", tmp_path / "run"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "not a recognised dataset layout" in err[0]
