@@ -43,7 +43,10 @@ def build_datasets(cfg: Config, num_classes: int, in_chans: int, build_cache_now
     d = cfg.data
     if not d.root:
         raise ConfigError("data.root is empty: give the dataset folder (data.root=PATH)")
-    index = discover_pairs(d.root)
+    try:
+        index = discover_pairs(d.root)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ConfigError(f"data.root: {exc}") from None
     if len(index) == 0:
         raise ConfigError(f"{d.root}: no image/mask pairs found")
     train_s, val_s, test_s = split_stems(cfg, index.stems)

@@ -115,15 +115,25 @@ class Trainer:
         self.preprocess = preprocess or {}
         seed_everything(cfg.train.seed, cfg.train.deterministic)
         self.model = model.to(self.device)
+        # Parameters a model declares unused (e.g. SAM leftovers of the released HRMedSeg layout)
+        # never receive gradients; freezing them keeps DDP's reducer and Adam's state exact.
+        unused = set(getattr(self.model, "unused_parameter_names", lambda: [])())
+        for name, p in self.model.named_parameters():
+            if name in unused:
+                p.requires_grad_(False)
         if cfg.model.grad_checkpointing and hasattr(self.model, "set_grad_checkpointing"):
             self.model.set_grad_checkpointing(True)
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.net: nn.Module = self.model
+        self.sync_bn = False
         if self.info.enabled:
-            if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
-                self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-                self.model = self.net
+            has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
+            # SyncBatchNorm runs on CUDA only; on CPU (gloo) BN statistics stay per process.
+            if has_bn and self.device.type == "cuda":
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+                self.net = self.model
+                self.sync_bn = True
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.train.compile:
@@ -265,6 +275,7 @@ class Trainer:
             "base_lr": self.cfg.optim.lr,
             "lr_note": "the configured lr applies to the global batch; it is not rescaled with world size",
             "precision": self.cfg.train.precision, "device": str(self.device),
+            "sync_batchnorm": self.sync_bn,
             "gpu": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
             "torch": torch.__version__, "python": platform.python_version(),
             "commit": _git_commit(), "resumed": resumed, "argv": sys.argv,
