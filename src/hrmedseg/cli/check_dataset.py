@@ -14,8 +14,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data.datasets import check_dataset, discover_pairs
 
+    from .main import UserError
+    try:
+        n = len(discover_pairs(args.root))
+    except ValueError as exc:  # not a dataset layout: the message says what was expected
+        raise UserError(str(exc)) from None
     problems = check_dataset(args.root, num_classes=args.num_classes)
-    n = len(discover_pairs(args.root))
     order = {"error": 0, "warning": 1, "info": 2}
     for pr in sorted(problems, key=lambda p: (order.get(p.severity, 3), str(p.path))):
         print(str(pr))

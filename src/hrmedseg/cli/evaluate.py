@@ -28,7 +28,11 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.evaluate import evaluate_samples, format_summary
     from ..inference.segmenter import Segmenter
 
-    index = discover_pairs(args.data)
+    from .main import UserError
+    try:
+        index = discover_pairs(args.data)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     samples = list(index.samples)
     if args.split != "all":
         sp = Path(args.splits) if args.splits else Path(args.data) / "splits.json"

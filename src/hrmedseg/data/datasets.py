@@ -39,7 +39,7 @@ from .io import (
 
 __all__ = [
     "MASK_SUFFIXES", "Sample", "DatasetIndex", "Problem", "discover_pairs", "check_dataset",
-    "SegmentationDataset", "PreResizeCache", "build_cache",
+    "SegmentationDataset", "PreResizeCache", "build_cache", "collate_segmentation",
 ]
 
 log = logging.getLogger(__name__)
@@ -654,7 +654,8 @@ def _read_sample_image(s: Sample) -> np.ndarray:
 
 
 class SegmentationDataset(Dataset):
-    """Torch dataset giving ``dict(image=float (C, H, W), mask=long (H, W), stem=str, orig_size=(H, W))``.
+    """Torch dataset giving ``dict(image=float (C, H, W), mask=long (H, W), stem=str, orig_size=(H, W),
+    normalized=True)``.
 
     Pipeline: read (or take from ``cache``) -> :func:`to_model_channels` (float [0, 1], ``in_chans``)
     -> ``transform(image=, mask=)`` (albumentations style, e.g. :func:`hrmedseg.data.transforms.train_transform`)
@@ -664,6 +665,19 @@ class SegmentationDataset(Dataset):
     :func:`read_mask`). Cache entries are used only while their source files are unchanged (size and
     mtime); otherwise the sample is read from source. With ``on_error="skip"`` a broken sample is logged
     in one line naming the file and replaced by the next readable index (deterministic).
+
+    ``output="uint8"`` is the fast path for training at high resolution, where the CPU float pipeline
+    cannot keep up with the GPU. An image that is uint8 after loading (every cache entry except float
+    sources, and 8-bit files) is channel-mapped and augmented as uint8 and returned as
+    ``image=uint8 (in_chans, H, W)``, ``mask=uint8 (H, W)`` (int64 when labels exceed 255),
+    ``normalized=False`` and ``normalization=<mode>``: dividing by 255 and normalising is left to
+    :func:`hrmedseg.data.gpu_normalize.normalize_batch` on the GPU. Channel rules are those of
+    :func:`to_model_channels` (alpha dropped, grey repeated, RGB -> 1 channel by ITU-R 601 luma, here
+    rounded to uint8). Images that are not uint8 after loading (16-bit/float files read from source)
+    and ``scaling="percentile"`` keep the float path (``image`` float32 already normalised,
+    ``normalized=True``), as does a ``transform`` that is not a
+    :class:`~hrmedseg.data.transforms.SegTransform` (it may not accept uint8). Batch such items with
+    :func:`collate_segmentation`, which keeps every batch homogeneous.
     """
 
     def __init__(
@@ -679,9 +693,14 @@ class SegmentationDataset(Dataset):
         scaling: Literal["dtype", "percentile"] = "dtype",
         ignore_index: int | None = None,
         mask_threshold: float | None = None,
+        output: Literal["float32", "uint8"] = "float32",
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if output not in ("float32", "uint8"):
+            raise ValueError(f"output must be 'float32' or 'uint8', got {output!r}")
+        if normalization not in ("imagenet", "minmax", "none"):
+            raise ValueError(f"unknown normalisation mode {normalization!r}; use 'imagenet', 'minmax' or 'none'")
         self.samples = list(samples)
         self.transform = transform
         self.num_classes = int(num_classes)
@@ -692,6 +711,7 @@ class SegmentationDataset(Dataset):
         self.scaling = scaling
         self.ignore_index = ignore_index
         self.mask_threshold = mask_threshold
+        self.output = output
         self._bad: set[int] = set()
 
     def __len__(self) -> int:
@@ -718,12 +738,20 @@ class SegmentationDataset(Dataset):
             kind = "a binary model expects {0, 1}" if self.num_classes <= 2 else f"num_classes={self.num_classes}"
             raise ImageReadError(s.mask_path, f"mask has label values {bad[:8].tolist()} but {kind}")
 
+    def _uint8_ok(self, img: np.ndarray) -> bool:
+        if self.output != "uint8" or img.dtype != np.uint8 or self.scaling != "dtype":
+            return False
+        return self.transform is None or bool(getattr(self.transform, "accepts_keep_uint8", False))
+
     def _get(self, i: int) -> dict[str, Any]:
         s = self.samples[i]
         img, mask, orig = self._load(s)
         self._check_labels(s, mask)
+        img = np.asarray(img)
+        if self._uint8_ok(img):
+            return self._get_uint8(s, img, np.asarray(mask), orig)
         try:
-            x = to_model_channels(np.asarray(img), self.in_chans, scaling=self.scaling)
+            x = to_model_channels(img, self.in_chans, scaling=self.scaling)
         except ValueError as exc:
             raise ImageReadError(s.image_path, str(exc)) from None
         m = np.asarray(mask)
@@ -735,7 +763,52 @@ class SegmentationDataset(Dataset):
             x = x[:, :, None]
         image = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
         target = torch.from_numpy(np.ascontiguousarray(m).astype(np.int64))
-        return {"image": image, "mask": target, "stem": s.stem, "orig_size": orig}
+        return {"image": image, "mask": target, "stem": s.stem, "orig_size": orig,
+                "normalized": True, "normalization": self.normalization}
+
+    def _get_uint8(self, s: Sample, img: np.ndarray, m: np.ndarray, orig: tuple[int, int]) -> dict[str, Any]:
+        x = img[:, :, None] if img.ndim == 2 else img
+        if x.ndim != 3:
+            raise ImageReadError(s.image_path, f"expected (H, W) or (H, W, C), got shape {tuple(img.shape)}")
+        c, want = x.shape[2], self.in_chans
+        if c != want and c in (2, 4):
+            x, c = x[:, :, : c - 1], c - 1  # drop alpha, as to_model_channels does
+        repeat = 1
+        if c == want:
+            pass
+        elif c == 1:
+            repeat = want
+        elif c == 3 and want == 1:
+            import cv2
+
+            x = cv2.cvtColor(np.ascontiguousarray(x), cv2.COLOR_RGB2GRAY)[:, :, None]  # ITU-R 601, rounded
+        else:
+            raise ImageReadError(s.image_path, f"cannot map a {c}-channel image to {want} model channels")
+        if repeat > 1 and not getattr(self.transform, "channel_independent", self.transform is None):
+            x, repeat = np.repeat(x, repeat, axis=2), 1  # unknown ops: augment the repeated image
+        if self.transform is not None:
+            out = self.transform(image=x, mask=m, keep_uint8=True)
+            x, m = out["image"], out["mask"]
+        if x.ndim == 2:
+            x = x[:, :, None]
+        if x.shape[2] == 1:
+            chw = x.reshape(1, *x.shape[:2])  # a free reshape
+            if repeat > 1:
+                chw = np.repeat(chw, repeat, axis=0)
+            elif not chw.flags.writeable:
+                chw = chw.copy()  # torch warns about (and could write into) read-only arrays
+        else:
+            import cv2
+
+            # HWC -> CHW: cv2.split is ~2x faster than a strided numpy/torch copy (<= 512 channels)
+            chw = np.stack(cv2.split(np.ascontiguousarray(x))) if x.shape[2] <= 512 else \
+                np.ascontiguousarray(x.transpose(2, 0, 1))
+        m = np.ascontiguousarray(m)
+        if not m.flags.writeable:
+            m = m.copy()  # decoded files come read-only
+        target = torch.from_numpy(m) if m.dtype == np.uint8 else torch.from_numpy(m.astype(np.int64))
+        return {"image": torch.from_numpy(chw), "mask": target, "stem": s.stem, "orig_size": orig,
+                "normalized": False, "normalization": self.normalization}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         n = len(self.samples)
@@ -754,3 +827,47 @@ class SegmentationDataset(Dataset):
                 self._bad.add(j)
                 log.warning("skipping sample %r: %s", self.samples[j].stem, exc)
         raise RuntimeError(f"all {n} samples failed to load; see the log for the files")
+
+
+def collate_segmentation(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Batch items of :class:`SegmentationDataset` (either ``output`` mode) into one homogeneous batch.
+
+    Returns ``dict(image=Tensor (B, C, H, W), mask=Tensor (B, H, W), stem=list[str],
+    normalized=bool, normalization=str | None, orig_size=list[(H, W)])``:
+
+    * all items ``normalized=False``: ``image`` uint8, ``normalized=False``; the consumer must call
+      ``normalize_batch(batch["image"].to(device), batch["normalization"])`` (on the GPU);
+    * otherwise ``image`` float32 and ``normalized=True``: uint8 items in a mixed batch (e.g. 8-bit
+      and 16-bit sources) are normalised here, on the CPU, with the item's ``normalization``;
+    * ``mask`` is uint8 when every item's mask is uint8, else int64; call ``.long()`` on the device.
+
+    Items without a ``normalized`` key count as normalised float (the old item format).
+    """
+    if not items:
+        raise ValueError("collate_segmentation got an empty batch")
+    flags = [bool(it.get("normalized", True)) for it in items]
+    # Only uint8 items still need their mode; already normalised items may come from other datasets.
+    raw_modes = {it.get("normalization") for it, f in zip(items, flags) if not f}
+    if len(raw_modes) > 1:
+        raise ValueError(f"batch mixes uint8 items of normalisation modes {sorted(map(str, raw_modes))}")
+    all_modes = {it.get("normalization") for it in items}
+    mode = next(iter(raw_modes)) if raw_modes else (next(iter(all_modes)) if len(all_modes) == 1 else None)
+    images = [it["image"] for it in items]
+    if not any(flags):
+        image = torch.stack(images)
+        normalized = False
+    else:
+        if not all(flags):
+            if mode is None:
+                raise ValueError("batch mixes uint8 and normalised images but gives no 'normalization'")
+            from .gpu_normalize import normalize_batch
+
+            images = [im if f else normalize_batch(im[None], mode)[0] for im, f in zip(images, flags)]
+        image = torch.stack([im.float() for im in images])
+        normalized = True
+    masks = [it["mask"] for it in items]
+    if not all(m.dtype == torch.uint8 for m in masks):
+        masks = [m.long() for m in masks]
+    return {"image": image, "mask": torch.stack(masks), "stem": [it.get("stem", "") for it in items],
+            "normalized": normalized, "normalization": mode,
+            "orig_size": [it.get("orig_size") for it in items]}

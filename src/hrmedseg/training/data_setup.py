@@ -60,8 +60,9 @@ def build_datasets(cfg: Config, num_classes: int, in_chans: int, build_cache_now
                             on_error=d.on_error)
 
     def make(stems: list[str], transform) -> SegmentationDataset:
+        # uint8 out of the workers, normalised on the device: keeps up with the GPU at 1024².
         return SegmentationDataset(index.subset(stems), transform, num_classes, in_chans, cache,
-                                   d.on_error, normalization=d.normalize)
+                                   d.on_error, normalization=d.normalize, output="uint8")
 
     train = make(train_s, train_transform(size, d.augment))
     val = make(val_s, eval_transform(size)) if val_s else None

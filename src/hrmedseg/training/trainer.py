@@ -98,9 +98,18 @@ def _git_commit() -> str | None:
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"image": torch.stack([it["image"] for it in items]),
-            "mask": torch.stack([it["mask"] for it in items]),
-            "stem": [it.get("stem", "") for it in items]}
+    from ..data.datasets import collate_segmentation
+    return collate_segmentation(items)
+
+
+def _worker_init(_: int) -> None:
+    # One OpenCV thread per DataLoader worker: the workers already use every core.
+    try:
+        import cv2
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
+    torch.set_num_threads(1)
 
 
 class Trainer:
@@ -195,6 +204,7 @@ class Trainer:
         workers = self.cfg.data.workers
         return DataLoader(SeededDataset(self.train_set, self.cfg.train.seed), batch_sampler=self.sampler,
                           num_workers=workers, collate_fn=_collate,
+                          worker_init_fn=_worker_init if workers > 0 else None,
                           pin_memory=self.device.type == "cuda", persistent_workers=False,
                           prefetch_factor=4 if workers > 0 else None,
                           # Own generator: creating an iterator must not draw from the global
@@ -213,11 +223,19 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp)
 
-    def train_step(self, batch: dict[str, Any]) -> float:
+    def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch to device; uint8 images are normalised there (cheaper than in the workers)."""
         x = batch["image"].to(self.device, non_blocking=True)
-        y = batch["mask"].to(self.device, non_blocking=True)
+        if not batch.get("normalized", True):
+            from ..data.gpu_normalize import normalize_batch
+            x = normalize_batch(x, batch.get("normalization") or self.cfg.data.normalize)
+        y = batch["mask"].to(self.device, non_blocking=True).long()
         if self.cfg.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def train_step(self, batch: dict[str, Any]) -> float:
+        x, y = self._inputs(batch)
         self.opt.zero_grad(set_to_none=True)
         with self._autocast():
             logits = self.net(x)
@@ -246,8 +264,7 @@ class Trainer:
                             generator=torch.Generator().manual_seed(self.cfg.train.seed))
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, dice, iou, count
         for batch in loader:
-            x = batch["image"].to(self.device)
-            y = batch["mask"].to(self.device)
+            x, y = self._inputs(batch)
             with self._autocast():
                 logits = self.model(x)
             logits = logits.float()
