@@ -9,7 +9,7 @@ RUN=/tmp/runs/$NAME
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 LOG=${OUT:-/tmp}/${NAME}_log.txt
 python3 -m hrmedseg train --config ${RECIPE:-paper} data.root=$DATA train.out_dir=$RUN \
-  data.workers=${WORKERS:-12} "$@" 2>&1 | tr '\r' '\n' | grep -v -E '(it|batch|img|file)/s\]$' > $LOG
+  data.workers=${WORKERS:-12} "$@" 2>&1 | tr '\r' '\n' | grep --line-buffered -v -E '(it|batch|img|file)/s\]$' > $LOG
 grep -E '^\[epoch|resolution|Error|error|Traceback' $LOG | tail -n 80; tail -n 30 $LOG
 # What comes back: one tarball of the run (no optimizer state) and the best weights.
 cd $RUN && tar czf ${OUT:-/tmp}/${NAME}_run.tar.gz --exclude='state.pt' --exclude='checkpoints/last' . \
