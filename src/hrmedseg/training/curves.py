@@ -10,6 +10,7 @@ def plot_training_curves(csv_path: Path, png_path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from ..models._base import atomic_write_bytes
 
@@ -39,6 +40,8 @@ def plot_training_curves(csv_path: Path, png_path: Path) -> None:
     ax2.set_ylabel("validation score (%)")
     ax2.legend()
     ax2.grid(alpha=0.3)
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(Path(csv_path).parent.name)
     fig.tight_layout()
     buf = io.BytesIO()
