@@ -28,6 +28,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..atomic import atomic_write_bytes
+
 __all__ = [
     "IMAGE_EXTENSIONS", "LOSSY_EXTENSIONS", "MAX_PIXELS", "IMAGENET_MEAN", "IMAGENET_STD",
     "ImageReadError", "split_ext", "is_image_file", "is_lossy", "read_image", "read_mask",
@@ -566,24 +568,7 @@ def normalize(
 
 
 # --------------------------------------------------------------------------- writers
-def _atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write via a temp file in the same folder + os.replace, so readers never see half a file."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return p
+_atomic_write_bytes = atomic_write_bytes
 
 
 def _png_bytes(im: Image.Image) -> bytes:

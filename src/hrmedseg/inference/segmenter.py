@@ -3,6 +3,11 @@
 Resize mode: the image is mapped to the model's channels, normalised as the model was trained,
 resized to the model size, segmented, and the logits are resized back to the original size
 (bilinear on logits, then threshold/argmax), so the mask has the image's own size.
+
+Tile mode (``mode="tile"``): the image is segmented at its own resolution by a sliding window of
+the model size (overlap, Gaussian blending, ``tile_batch`` tiles per forward; see
+:mod:`hrmedseg.inference.tiling`), so memory is bounded by the tile batch on the device and by
+the output accumulator on the host; :meth:`Segmenter.predict_file` reads TIFFs window by window.
 """
 from __future__ import annotations
 
@@ -69,11 +74,24 @@ class Segmenter:
         normalize: "imagenet", "minmax" or "none"; default: what the model was trained with.
         precision: "fp32", "bf16" or "fp16" autocast.
         batch_size: images per forward in :meth:`predict_files`.
+        mode: "resize" (default: the whole image resized to the model size) or "tile"
+            (sliding window of the model size over the image at its own resolution).
+        overlap: tile overlap in [0, 1) (tile mode).
+        tile_batch: tiles per forward (tile mode): bounds the device memory.
+        accum_dtype: "float32" or "float16" probability accumulator (tile mode); with float16
+            the returned probabilities are float16.
     """
 
     def __init__(self, model: str | os.PathLike | nn.Module, device: str = "auto",
                  size: int | Sequence[int] | None = None, normalize: str | None = None,
-                 precision: str = "fp32", batch_size: int = 4) -> None:
+                 precision: str = "fp32", batch_size: int = 4, mode: str = "resize",
+                 overlap: float = 0.25, tile_batch: int = 4, accum_dtype: str = "float32") -> None:
+        if mode not in ("resize", "tile"):
+            raise ValueError(f"mode must be 'resize' or 'tile', got {mode!r}")
+        if not 0.0 <= overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        if tile_batch < 1:
+            raise ValueError(f"tile_batch must be >= 1, got {tile_batch}")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -89,6 +107,13 @@ class Segmenter:
         self.num_classes = int(getattr(cfg, "num_classes", 1))
         self.precision = precision
         self.batch_size = batch_size
+        self.mode = mode
+        self.overlap = float(overlap)
+        self.tile_batch = int(tile_batch)
+        self.accum_dtype = accum_dtype
+        act = getattr(self.model, "activation", None)
+        self.activation = act if act in ("sigmoid", "softmax") else (
+            "sigmoid" if self.num_classes == 1 else "softmax")
 
     # -- core ---------------------------------------------------------------------------------
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
@@ -123,8 +148,19 @@ class Segmenter:
             labels = up.argmax(0).to(torch.uint8 if self.num_classes < 256 else torch.int32)
         return labels.cpu().numpy(), probs.cpu().numpy().astype(np.float32)
 
+    def _predict_tiled(self, image, source: str = "") -> Prediction:  # noqa: ANN001
+        from .tiling import predict_tiled
+        res = predict_tiled(self.logits, image, self.size, in_chans=self.in_chans,
+                            num_classes=self.num_classes, activation=self.activation,
+                            normalize=self.normalize, overlap=self.overlap,
+                            tile_batch=self.tile_batch, accum_dtype=self.accum_dtype)
+        return Prediction(res.labels, res.probabilities, image, source, None)
+
     def predict_arrays(self, images: Sequence[np.ndarray], sources: Sequence[str] | None = None
                        ) -> list[Prediction]:
+        if self.mode == "tile":
+            return [self._predict_tiled(im, sources[i] if sources else "")
+                    for i, im in enumerate(images)]
         batch = torch.stack([self.preprocess(im) for im in images])
         lg = self.logits(batch)
         from ..evaluation.torch_metrics import logits_to_labels
@@ -142,8 +178,23 @@ class Segmenter:
             return self.predict_arrays([read_image(image)], [str(image)])[0]
         return self.predict_arrays([image])[0]
 
+    def predict_file(self, path: str | os.PathLike) -> Prediction:
+        """Segment one file. In tile mode a TIFF is read lazily, window by window (memory map,
+        zarr or per-chunk decoding), so images larger than memory work; ``Prediction.image`` is
+        then a :class:`~hrmedseg.inference.tiling.ImageSource` (``np.asarray`` reads it whole).
+        In resize mode this is :meth:`predict` on the file."""
+        if self.mode != "tile":
+            return self.predict(path)
+        from .tiling import open_source
+        src = open_source(path, lazy=True)
+        return self._predict_tiled(src, str(path))
+
     def predict_files(self, paths: Iterable[str | os.PathLike]) -> Iterable[Prediction]:
         """Yield predictions file by file, reading ``batch_size`` files per forward."""
+        if self.mode == "tile":
+            for p in paths:
+                yield self.predict_file(p)
+            return
         from ..data.io import read_image
         chunk: list[tuple[str, np.ndarray]] = []
         for p in paths:

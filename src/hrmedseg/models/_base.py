@@ -4,12 +4,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from ..atomic import atomic_write_bytes  # noqa: F401  (re-exported: older imports use this path)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -28,23 +29,6 @@ def check_input_size(model_name: str, height: int, width: int, multiple: int) ->
             f"{model_name} cannot take a {height}x{width} input: height and width must be "
             f"multiples of {multiple}; resize or pad to e.g. {up(height)}x{up(width)}"
         )
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and rename, so no half file survives."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -57,12 +57,17 @@ def from_pretrained(directory: str | os.PathLike, map_location: str | torch.devi
 
 
 def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str,
-                            strict: bool = True) -> tuple[list[str], list[str]]:
-    """``load_state_dict`` with one readable error for missing/unexpected/mis-shaped keys."""
+                            strict: bool = True, expected: list[str] | None = None,
+                            what: str = "") -> tuple[list[str], list[str]]:
+    """``load_state_dict`` with one readable error for missing/unexpected/mis-shaped keys.
+
+    ``expected``: the model keys the file must provide (default: all of them); ``what`` names
+    the part being loaded in the error message.
+    """
     own = model.state_dict()
     bad_shape = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                  for k, v in state.items() if k in own and own[k].shape != v.shape]
-    missing = [k for k in own if k not in state]
+    missing = [k for k in (own if expected is None else expected) if k not in state]
     unexpected = [k for k in state if k not in own]
     if bad_shape or (strict and (missing or unexpected)):
         parts = []
@@ -72,6 +77,6 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], so
             parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
         if strict and unexpected:
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        raise CheckpointError(f"{source}: does not fit {type(model).__name__}: " + "; ".join(parts))
-    model.load_state_dict(state, strict=False)
+        raise CheckpointError(f"{source}: does not fit {type(model).__name__}{what}: " + "; ".join(parts))
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return missing, unexpected

@@ -51,7 +51,7 @@ from torch.utils.checkpoint import checkpoint
 from ..layers import (ConvBN, DropPath, LayerNorm2d, MBConv, Mlp, MultiLayerMLP, PromptEncoder,
                       TwoWayTransformer)
 from ._base import SegmentationModel
-from ._hub import CheckpointError
+from ._hub import CheckpointError, load_state_dict_checked
 from ._pretrained import PretrainedWeightError, load_pretrained, sha256_of, weight_index
 from ._registry import register_model
 from .hrmedseg import HRMedSeg, HRMedSegConfig, LGViT, Neck
@@ -951,21 +951,8 @@ def load_sam_checkpoint(model: SamModel, source: str | os.PathLike | dict[str, t
                 continue  # TinyViT built without the (unused) ImageNet head
         chosen[key] = value
     wanted = [k for k in own if k.split(".", 1)[0] in parts]
-    missing = [k for k in wanted if k not in chosen]
-    unexpected = [k for k in chosen if k not in own]
-    shapes = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-              for k, v in chosen.items() if k in own and own[k].shape != v.shape]
-    problems = []
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatches (e.g. {shapes[0]})")
-    if strict and missing:
-        problems.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
-    if strict and unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
-    if problems:
-        raise CheckpointError(f"{src_name}: does not fit {type(model).__name__} parts {parts}: "
-                              + "; ".join(problems))
-    model.load_state_dict({k: v for k, v in chosen.items() if k in own}, strict=False)
+    load_state_dict_checked(model, chosen, src_name, strict=strict, expected=wanted,
+                            what=f" parts {parts}")
     return list(parts)
 
 
