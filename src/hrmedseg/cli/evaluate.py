@@ -1,8 +1,16 @@
-"""``hrmedseg evaluate MODEL --data DIR [--split test] -o OUT``."""
+"""``hrmedseg evaluate MODEL --data DIR [--split test] -o OUT``.
+
+Under ``torchrun`` (env ``WORLD_SIZE`` > 1) the evaluation is sharded: rank ``r`` evaluates
+``samples[r::world]``, the per-image rows are gathered to rank 0 (``gather_object``; gloo on CPU,
+NCCL on CUDA), and rank 0 alone writes ``per_image.csv`` and ``summary.json`` with every image
+exactly once, in the same order and with the same summary as one process.
+"""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+from typing import Any, Sequence
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{sp}: no splits file; pass --splits or --split all")
         samples = index.subset(list(load_splits(sp)[args.split]))
     size = None if not args.size else (args.size * 2 if len(args.size) == 1 else args.size)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return _run_sharded(args, samples, size, index.class_names)
     seg = Segmenter(args.model, device=args.device, size=size, precision=args.precision,
                     batch_size=args.batch_size)
     res = evaluate_samples(seg, samples, out_dir=args.out, hd=not args.no_hd, overlays=args.overlays,
@@ -48,4 +58,115 @@ def run(args: argparse.Namespace) -> int:
     print(format_summary(res, "model_resolution"))
     print(format_summary(res, "original_resolution"))
     print(f"wrote {args.out / 'per_image.csv'} and {args.out / 'summary.json'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharded evaluation (torchrun)
+# ---------------------------------------------------------------------------------------------
+
+def _rows_for(seg: Any, samples: Sequence[Any], hd: bool, class_names: list[str] | None,
+              on_error: str, out_dir: Path | None, overlays: int) -> tuple[list, list, list]:
+    """Per-image rows exactly as :func:`evaluate_samples` computes them (both resolutions)."""
+    from ..data.io import ImageReadError, read_image, read_mask, write_image_png
+    from ..evaluation.evaluate import _nearest_resize
+    from ..evaluation.metrics import compute_metrics
+    from ..inference.visualize import prediction_overlay
+
+    nc = seg.num_classes
+    rows, rows_model, skipped = [], [], []
+    bs = max(1, seg.batch_size)
+    for start in range(0, len(samples), bs):
+        chunk, images, gts = [], [], []
+        for idx, s in samples[start:start + bs]:
+            try:
+                img, gt = read_image(s.image_path), read_mask(s.mask_path)
+                if gt.shape != img.shape[:2]:
+                    raise ImageReadError(s.mask_path, f"mask is {gt.shape} but image is {img.shape[:2]}")
+            except ImageReadError as exc:
+                if on_error == "raise":
+                    raise
+                skipped.append((idx, str(exc)))
+                continue
+            chunk.append((idx, s))
+            images.append(img)
+            gts.append(gt)
+        if not chunk:
+            continue
+        preds = seg.predict_arrays(images, [str(s.image_path) for _, s in chunk])
+        for (idx, s), img, gt, pr in zip(chunk, images, gts, preds):
+            prob = pr.probabilities[0] if nc == 1 else pr.probabilities
+            m = compute_metrics(pr.labels, gt, nc, probs=prob, hd=hd, class_names=class_names)
+            rows.append((idx, {"stem": s.stem, "height": gt.shape[0], "width": gt.shape[1], **m}))
+            gt_small = _nearest_resize(gt, pr.model_labels.shape)
+            mm = compute_metrics(pr.model_labels, gt_small, nc, hd=hd, class_names=class_names)
+            rows_model.append((idx, {"stem": s.stem, **mm}))
+            if out_dir is not None and idx < overlays:  # the same images as one process
+                write_image_png(out_dir / "overlays" / f"{s.stem}.png", prediction_overlay(img, pr.labels, gt))
+    return rows, rows_model, skipped
+
+
+def _run_sharded(args: argparse.Namespace, samples: list, size: Any, class_names: list[str] | None) -> int:
+    import json
+
+    import torch
+    import torch.distributed as dist
+
+    from ..evaluation.evaluate import _write_csv, format_summary
+    from ..evaluation.metrics import EMPTY_MASK_POLICY, summarize
+    from ..inference.segmenter import Segmenter
+    from ..models._base import atomic_write_bytes
+
+    world = int(os.environ["WORLD_SIZE"])
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    want_cuda = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
+    device = args.device
+    if want_cuda:
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda asked for, but no CUDA device is available")
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    created = False
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if want_cuda else "gloo", rank=rank, world_size=world)
+        created = True
+    try:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        seg = Segmenter(args.model, device=device, size=size, precision=args.precision,
+                        batch_size=args.batch_size)
+        indexed = list(enumerate(samples))[rank::world]
+        # overlays are written by whichever rank evaluates each of the first N images
+        out = args.out if args.overlays > 0 else None
+        local_result = _rows_for(seg, indexed, not args.no_hd, class_names,
+                                 "skip" if args.skip_bad else "raise", out, args.overlays)
+        gathered: list[Any] | None = [None] * world if rank == 0 else None
+        dist.gather_object(local_result, gathered, dst=0)
+        if rank == 0:
+            assert gathered is not None
+            rows = sorted((r for g in gathered for r in g[0]), key=lambda t: t[0])
+            rows_model = sorted((r for g in gathered for r in g[1]), key=lambda t: t[0])
+            skipped = [msg for _, msg in sorted((s for g in gathered for s in g[2]), key=lambda t: t[0])]
+            rows_, rows_model_ = [r for _, r in rows], [r for _, r in rows_model]
+            stems = [r["stem"] for r in rows_]
+            if len(stems) != len(set(stems)) or len(stems) + len(skipped) != len(samples):
+                raise RuntimeError(f"sharded evaluation gathered {len(stems)} rows for {len(samples)} images")
+            summary = {
+                "n_images": len(rows_), "skipped": skipped,
+                "model_resolution": summarize({k: v for k, v in r.items() if k != "stem"} for r in rows_model_),
+                "original_resolution": summarize({k: v for k, v in r.items()
+                                                  if k not in ("stem", "height", "width")} for r in rows_),
+                "empty_mask_policy": EMPTY_MASK_POLICY,
+                "units": "dice/iou/pixel_accuracy/mae as fractions; hd/hd95 in pixels of that resolution",
+            }
+            _write_csv(args.out / "per_image.csv", rows_, rows_model_)
+            atomic_write_bytes(args.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+            print(format_summary(summary, "model_resolution"))
+            print(format_summary(summary, "original_resolution"))
+            print(f"wrote {args.out / 'per_image.csv'} and {args.out / 'summary.json'} "
+                  f"({len(rows_)} images over {world} processes)")
+        dist.barrier()
+    finally:
+        if created and dist.is_initialized():
+            dist.destroy_process_group()
     return 0

@@ -1,4 +1,12 @@
-"""``hrmedseg predict MODEL INPUTS... -o OUT``: masks and overlays for files or folders."""
+"""``hrmedseg predict MODEL INPUTS... -o OUT``: masks and overlays for files or folders.
+
+Volumes (a 3-D ``.nii``/``.nii.gz``, ``.mha``/``.nrrd`` with SimpleITK, or a folder holding one
+DICOM series) are segmented slice by slice along ``--axis`` after the ``--window`` intensity preset
+and written as ``{stem}_labels.nii.gz`` with the input's geometry, plus an overlay PNG of the slice
+with the most foreground. Videos (``.mp4``, ``.avi``, ...) give ``{stem}_mask.mp4`` and
+``{stem}_overlay.mp4`` at the input frame rate, and with ``--frames-png`` per-frame label PNGs.
+Under torchrun (``WORLD_SIZE`` > 1) rank ``r`` handles inputs ``r::WORLD_SIZE`` (no process group).
+"""
 from __future__ import annotations
 
 import argparse
@@ -20,23 +28,64 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                            "with matching stems: print Dice/IoU against it")
     p.add_argument("--no-overlay", action="store_true")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable files instead of stopping")
+    p.add_argument("--axis", type=int, default=2, choices=[0, 1, 2],
+                   help="volumes: voxel axis to slice along (2 = axial for usual CT/MR)")
+    p.add_argument("--window", default="percentile",
+                   help="volumes: intensity preset abdomen|lung|bone|brain|soft_tissue (CT, HU), "
+                        "percentile|minmax, or LOW:HIGH")
+    p.add_argument("--frames-png", action="store_true", help="videos: also write per-frame label PNGs")
+    p.add_argument("--fps", type=float, default=25.0, help="frame folders given as videos: frame rate")
     p.set_defaults(func=run)
 
 
+def _kind(p: Path) -> str:
+    """"image", "volume" or "video" for one input file or series folder."""
+    from ..data.video import is_video_file
+    from ..data.volumes import is_volume_path
+    if is_video_file(p):
+        return "video"
+    if is_volume_path(p):
+        return "volume"
+    return "image"
+
+
 def _collect(inputs: list[str]) -> list[Path]:
+    return [p for p, _ in _collect_kinds(inputs)]
+
+
+def _collect_kinds(inputs: list[str]) -> list[tuple[Path, str]]:
     from ..data.io import is_image_file
-    files: list[Path] = []
+    from ..data.volumes import is_dicom_series_dir
+    files: list[tuple[Path, str]] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f))
+            if is_dicom_series_dir(p):
+                files.append((p, "volume"))
+                continue
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and is_image_file(f):  # videos only when named explicitly
+                    files.append((f, _kind(f)))
         elif p.is_file():
-            files.append(p)
+            files.append((p, _kind(p)))
         else:
             raise FileNotFoundError(f"{p}: no such file or folder")
     if not files:
         raise FileNotFoundError(f"no images found in {', '.join(inputs)}")
     return files
+
+
+def shard(items: list, env: dict | None = None) -> list:
+    """Under torchrun (``WORLD_SIZE`` > 1) the items of this rank, ``items[RANK::WORLD_SIZE]``."""
+    import os
+    e = os.environ if env is None else env
+    world = int(e.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return items
+    rank = int(e.get("RANK", e.get("LOCAL_RANK", "0")) or 0)
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} is outside WORLD_SIZE={world}")
+    return items[rank::world]
 
 
 def sample_dir() -> Path:
@@ -70,12 +119,31 @@ def run(args: argparse.Namespace) -> int:
         args.gt = args.gt or root / "masks"
     if not args.inputs:
         raise FileNotFoundError("no inputs: give image files/folders, or --samples")
-    files = _collect(args.inputs)
+    all_kinds = _collect_kinds(args.inputs)
+    single = sum(k == "image" for _, k in all_kinds) == 1
+    kinds = shard(all_kinds)
+    files = [f for f, k in kinds if k == "image"]
+    others = [(f, k) for f, k in kinds if k != "image"]
     size = None if not args.size else (args.size * 2 if len(args.size) == 1 else args.size)
     seg = Segmenter(args.model, device=args.device, size=size, precision=args.precision,
                     batch_size=args.batch_size)
     args.out.mkdir(parents=True, exist_ok=True)
     n_ok, n_bad = 0, 0
+    for f, kind in others:
+        try:
+            if kind == "volume":
+                _predict_volume_file(seg, f, args)
+            else:
+                _predict_video_file(seg, f, args)
+        except ImageReadError as exc:
+            if not args.skip_bad:
+                raise
+            print(f"skipped: {exc}")
+            n_bad += 1
+    if not files:
+        if others:
+            print(f"wrote {len(others) - n_bad} outputs to {args.out}" + (f" ({n_bad} skipped)" if n_bad else ""))
+        return 0
     bar = tqdm(files, unit="img", desc="predict", disable=len(files) < 2)
     for f in bar:
         try:
@@ -90,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         scale = 255 if seg.num_classes <= 2 else 1
         write_mask_png(args.out / f"{f.stem}_mask.png", (pred.labels * scale).astype("uint8")
                        if scale != 1 else pred.labels)
-        gt_path = _gt_for(args.gt, f, len(files) == 1)
+        gt_path = _gt_for(args.gt, f, single)
         gt = read_mask(gt_path) if gt_path else None
         if not args.no_overlay:
             write_image_png(args.out / f"{f.stem}_overlay.png", prediction_overlay(img, pred.labels, gt))
@@ -102,3 +170,33 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {n_ok} masks{'' if args.no_overlay else ' and overlays'} to {args.out}"
           + (f" ({n_bad} skipped)" if n_bad else ""))
     return 0
+
+
+def _predict_volume_file(seg, f: Path, args: argparse.Namespace) -> None:  # noqa: ANN001
+    from ..data.io import write_image_png
+    from ..data.volumes import read_volume, volume_stem, write_label_volume
+    from ..inference.volume import predict_volume, volume_overlay
+
+    vol = read_volume(f)
+    try:
+        labels = predict_volume(seg, vol, axis=args.axis, window=args.window, batch_size=args.batch_size)
+    except ValueError as exc:
+        from ..data.io import ImageReadError
+        raise ImageReadError(f, str(exc)) from None
+    stem = volume_stem(f)
+    out = write_label_volume(args.out / f"{stem}_labels.nii.gz", labels, like=vol)
+    if not args.no_overlay:
+        write_image_png(args.out / f"{stem}_overlay.png",
+                        volume_overlay(vol, labels, axis=args.axis, window=args.window))
+    sp = "x".join(f"{v:.3g}" for v in vol.spacing)
+    print(f"{f.name}: volume {'x'.join(map(str, vol.shape))} ({sp} mm, {''.join(vol.orientation)}), "
+          f"axis {args.axis}, window {args.window}, foreground {100 * (labels > 0).mean():.1f}% -> {out.name}")
+
+
+def _predict_video_file(seg, f: Path, args: argparse.Namespace) -> None:  # noqa: ANN001
+    from ..data.video import predict_video
+
+    r = predict_video(seg, f, args.out, batch_size=args.batch_size, fps=args.fps,
+                      overlay=not args.no_overlay, frames_png=args.frames_png)
+    print(f"{f.name}: video {r['frames']} frames {r['width']}x{r['height']} at {float(r['rate']):.3g} fps, "
+          f"foreground {100 * r['foreground']:.1f}% -> {r['mask'].name}")

@@ -29,6 +29,11 @@ def run(args: argparse.Namespace) -> int:
     from ..models._base import atomic_write_bytes
     from ..profiling import format_table, profile_model
 
+    import torch
+
+    from .main import UserError
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but this machine has no CUDA device (use --device cpu)")
     size = tuple(args.size) if len(args.size) == 2 else (args.size[0], args.size[0])
     results = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:

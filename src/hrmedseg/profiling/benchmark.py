@@ -31,7 +31,7 @@ from .macs import count_macs
 from .profile import DTYPES, environment, profile_model
 
 __all__ = ["BenchmarkRow", "run_benchmark", "write_benchmark", "format_markdown", "plot_benchmark",
-           "is_oom"]
+           "is_oom", "load_dice", "benchmark_meta"]
 
 MEM_CUDA = "cuda max_memory_allocated"
 MEM_CPU_ESTIMATE = "cpu estimate (torch MemTracker)"
@@ -81,7 +81,8 @@ def _free(device: torch.device) -> None:
 
 def _cpu_peak_memory(model: torch.nn.Module, size: tuple[int, int], batch: int, dtype: str,
                      num_classes: int, in_chans: int) -> int | None:
-    """Peak tensor bytes of one training step on CPU (after one step that allocates Adam state)."""
+    """Peak tensor bytes of one training step on CPU (Adam state included: MemTracker counts the
+    state allocated by the tracked step's ``opt.step``)."""
     try:
         from torch.distributed._tools.mem_tracker import MemTracker
     except Exception:  # private tool; absent in some builds
@@ -92,7 +93,6 @@ def _cpu_peak_memory(model: torch.nn.Module, size: tuple[int, int], batch: int, 
         x = torch.randn(batch, in_chans, *size)
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
         step = train_step_fn(model, opt, x, DTYPES[dtype] if dtype != "fp32" else None, num_classes)
-        step()
         tracker = MemTracker()
         tracker.track_external(model, opt, x)
         with tracker:
@@ -277,6 +277,7 @@ def plot_benchmark(rows: Sequence[BenchmarkRow], path: Path, dice: Mapping[str, 
         ax.annotate(label, (r.train_images_per_s, r.peak_train_mem_per_image_gb),
                     textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_yscale("log")
+    ax.margins(x=0.2)
     ax.set_xlabel("training images / s")
     est = any(r.memory_source == MEM_CPU_ESTIMATE for r in measured)
     ax.set_ylabel("peak training memory / image (GB, log)" + (" — CPU estimate" if est else ""))
@@ -308,6 +309,7 @@ def plot_benchmark(rows: Sequence[BenchmarkRow], path: Path, dice: Mapping[str, 
             ax2.annotate(f"{m} ({r.dtype})", (d, r.peak_train_mem_per_image_gb),
                          textcoords="offset points", xytext=(5, 4), fontsize=8)
         ax2.set_yscale("log")
+        ax2.margins(x=0.2)
         ax2.set_xlabel("Dice (%)" if max(dice.values(), default=0) > 1.5 else "Dice")
         ax2.set_ylabel("peak training memory / image (GB, log)")
         ax2.grid(True, which="both", alpha=0.3)

@@ -19,6 +19,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .batching import DynamicBatcher, QueueFull
 from .decode import UploadError, decode_upload
@@ -202,10 +207,33 @@ class _Model:
 
 
 def _as_segmenter(src: Any, device: str, size: Any) -> Any:
-    from ..inference.segmenter import Segmenter
+    from torch import nn
+    from ..inference.segmenter import Segmenter, _resolve_model
     if isinstance(src, Segmenter):
         return src
-    return Segmenter(src, device=device, size=size)
+    if not isinstance(src, nn.Module):
+        try:
+            return Segmenter(src, device=device, size=size)
+        except TypeError:  # SAM configs keep img_size as an int, which Segmenter cannot read
+            src = _resolve_model(src, torch_device(device))[0]
+    cfg = getattr(src, "config", None)
+    img_size = getattr(cfg, "img_size", None)
+    if not isinstance(img_size, int):
+        return Segmenter(src, device=device, size=size)
+    # Workaround (SAM models): Segmenter reads config.img_size as a sequence; give it one
+    # for the duration of the constructor only.
+    try:
+        object.__setattr__(cfg, "img_size", (img_size, img_size))
+        return Segmenter(src, device=device, size=size or img_size)
+    finally:
+        object.__setattr__(cfg, "img_size", img_size)
+
+
+def torch_device(device: str) -> Any:
+    import torch
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
 
 
 def _default_name(src: Any) -> str:
@@ -230,12 +258,6 @@ def create_app(segmenter_or_source: Any, *, token: str | None = None,
     ``token``: when set, every ``/v1`` call needs ``Authorization: Bearer <token>``.
     CORS is off unless ``cors_origins`` is given.
     """
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse, Response
-    from fastapi.staticfiles import StaticFiles
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
     sources = dict(segmenter_or_source) if isinstance(segmenter_or_source, Mapping) \
         else {_default_name(segmenter_or_source): segmenter_or_source}
     if not sources:

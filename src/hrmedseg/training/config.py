@@ -45,6 +45,11 @@ class DataConfig:
     cache_dir: str = ""               # pre-resized cache; "" = <out_dir>/../.cache/<dataset>
     workers: int = 4
     on_error: str = "raise"           # raise | skip (bad files)
+    # 3-D cases (nnU-Net raw layout with .nii.gz volumes) sampled as 2-D slices
+    volumes: bool = False
+    window: str = "abdomen"           # CT preset (abdomen|lung|bone|brain|soft_tissue) or percentile
+    axis: int = 2                     # voxel axis to slice along
+    empty_ratio: float = -1.0         # <0 keeps every empty slice; r keeps r x foreground slices
 
 
 @dataclass

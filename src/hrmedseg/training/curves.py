@@ -38,7 +38,10 @@ def plot_training_curves(csv_path: Path, png_path: Path) -> None:
             ax2.plot(x, y, marker="o", ms=2.5, label=name.replace("_", " ") + " (%)")
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("validation score (%)")
-    ax2.legend()
+    if ax2.lines:
+        ax2.legend()
+    else:
+        ax2.text(0.5, 0.5, "no validation split", ha="center", va="center", transform=ax2.transAxes)
     ax2.grid(alpha=0.3)
     for ax in (ax1, ax2):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -43,6 +43,8 @@ def build_datasets(cfg: Config, num_classes: int, in_chans: int, build_cache_now
     d = cfg.data
     if not d.root:
         raise ConfigError("data.root is empty: give the dataset folder (data.root=PATH)")
+    if d.volumes:
+        return build_volume_datasets(cfg, num_classes, in_chans)
     try:
         index = discover_pairs(d.root)
     except (ValueError, FileNotFoundError) as exc:
@@ -69,3 +71,30 @@ def build_datasets(cfg: Config, num_classes: int, in_chans: int, build_cache_now
     test = make(test_s, eval_transform(size)) if test_s else None
     pre = {"size": list(size), "normalize": d.normalize}
     return RunData(train, val, test, index.class_names, pre)
+
+
+def build_volume_datasets(cfg: Config, num_classes: int, in_chans: int) -> RunData:
+    """Slices of 3-D cases; splits are made by case, so no case is in two splits."""
+    from ..data.transforms import eval_transform, train_transform
+    from .volume_data import VolumeSliceDataset, discover_volume_cases
+
+    d = cfg.data
+    try:
+        cases = [c.case for c in discover_volume_cases(Path(d.root))]
+    except (ValueError, FileNotFoundError) as exc:
+        raise ConfigError(f"data.root: {exc}") from None
+    train_c, val_c, test_c = split_stems(cfg, sorted(cases))
+    size = tuple(d.size)
+    ratio = None if d.empty_ratio < 0 else d.empty_ratio
+
+    def make(c: list[str], transform) -> VolumeSliceDataset:
+        return VolumeSliceDataset(d.root, c, num_classes=num_classes, in_chans=in_chans, size=size,
+                                  window=d.window, axis=d.axis, empty_ratio=ratio,
+                                  normalization=d.normalize, transform=transform, seed=cfg.train.seed)
+
+    train = make(train_c, train_transform(size, d.augment))
+    val = make(val_c, eval_transform(size)) if val_c else None
+    # Test cases are evaluated per volume (hrmedseg.evaluation.volume_metrics), not by the 2-D
+    # per-image evaluation of the trainer, so they are not returned here.
+    pre = {"size": list(size), "normalize": d.normalize, "window": d.window, "axis": d.axis}
+    return RunData(train, val, None, train.class_names, pre)

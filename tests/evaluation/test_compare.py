@@ -1,0 +1,89 @@
+"""hrmedseg compare: two tiny models, one epoch each, on a generated dataset -> one table."""
+import csv
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+from _trainutils import make_dataset  # noqa: E402
+
+from hrmedseg.cli.main import main  # noqa: E402
+from hrmedseg.evaluation import compare as compare_mod  # noqa: E402
+
+TINY_HRMEDSEG = {"embed_dim": 24, "depth": 2, "num_heads": [6, 6, 6], "neck_dim": 32,
+                 "decoder_heads": 4, "decoder_mlp_dim": 32}
+
+
+def _write_spec(tmp_path, data):
+    spec = {
+        "recipe": "paper",
+        "out_dir": str(tmp_path / "cmp"),
+        "overrides": {"data": {"root": str(data), "size": [32, 32], "workers": 0},
+                      "train": {"epochs": 1, "batch_size": 4, "precision": "fp32", "seed": 0,
+                                "device": "cpu"}},
+        "models": [
+            {"name": "hrmedseg", "label": "hrmedseg_tiny",
+             "overrides": {"model": {"overrides": TINY_HRMEDSEG}}},
+            {"name": "unet_small", "overrides": ["optim.lr=1e-3",
+                                                 "model.overrides={features: [8, 16, 32, 64, 128, 8]}"]},
+        ],
+    }
+    path = tmp_path / "cmp.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_compare_two_tiny_models(tmp_path, capsys, monkeypatch):
+    data = make_dataset(tmp_path / "ds", n=12)
+    spec_path = _write_spec(tmp_path, data)
+    assert main(["compare", "--config", str(spec_path)]) == 0
+    out = tmp_path / "cmp"
+    md = (out / "compare.md").read_text()
+    assert "| Method | Params (M) | MACs (G) | #Mem (GB) | Train img/s | Dice (%) | IoU (%) | HD95 (px) |" in md
+    assert "| hrmedseg_tiny |" in md and "| unet_small |" in md
+    rows = list(csv.DictReader((out / "compare.csv").open()))
+    assert [r["label"] for r in rows] == ["hrmedseg_tiny", "unet_small"]
+    js = json.loads((out / "compare.json").read_text())
+    for r in js["rows"]:
+        assert 0.0 <= r["dice"]["mean"] <= 1.0 and r["dice"]["std"] >= 0.0
+        assert r["iou"]["mean"] <= r["dice"]["mean"] + 1e-9
+        assert "hd95" in r and r["params"] > 0 and r["macs_thop"] > 0
+        assert r["peak_train_mem_per_image_gb"] is None and r["train_images_per_s"] is None  # CPU
+        assert r["epochs_done"] == 1
+    # per-model overrides reached the runs; each model has its own run folder
+    unet_cfg = yaml.safe_load((out / "unet_small" / "config.yaml").read_text())
+    assert unet_cfg["optim"]["lr"] == 1e-3 and unet_cfg["model"]["name"] == "unet_small"
+    assert yaml.safe_load((out / "hrmedseg_tiny" / "config.yaml").read_text())["optim"]["lr"] == 1e-4
+    assert js["rows"][1]["params"] < 1e6  # the narrow U-Net, not the default one
+    # "—" for memory and speed on CPU
+    line = next(x for x in md.splitlines() if x.startswith("| unet_small |"))
+    assert line.split("|")[4].strip() == "—" and line.split("|")[5].strip() == "—"
+
+    # a second call trains nothing: both runs are complete
+    def no_train(cfg):
+        raise AssertionError(f"{cfg.model.name} trained again")
+    res = compare_mod.run_compare(compare_mod.load_compare(spec_path), train_fn=no_train,
+                                  log=lambda s: None)
+    assert [r["label"] for r in res["rows"]] == ["hrmedseg_tiny", "unet_small"]
+    assert res["rows"][0]["dice"] == js["rows"][0]["dice"]
+
+
+def test_shipped_example_loads_and_resolves(tmp_path):
+    spec = compare_mod.load_compare("compare_dsb2018")
+    assert [m.name for m in spec.models] == ["hrmedseg", "unet", "swin_unetr"]
+    cfgs = compare_mod.build_configs(spec, tmp_path)
+    epochs = {c.train.epochs for c in cfgs.values()}
+    seeds = {c.train.seed for c in cfgs.values()}
+    assert len(epochs) == 1 and len(seeds) == 1
+    assert cfgs["unet"].optim.lr == 1e-3 and cfgs["hrmedseg"].optim.lr == 1e-4
+    assert cfgs["swin_unetr"].train.out_dir == str(tmp_path / "swin_unetr")
+
+
+def test_bad_compare_file_is_one_line(tmp_path, capsys):
+    p = tmp_path / "bad.yaml"
+    p.write_text("models: [{name: unet, lr: 3}]\n")
+    assert main(["compare", "--config", str(p)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown key" in err

@@ -1,0 +1,87 @@
+"""Real-browser test: headless Debian Chromium (via Playwright, system binary) against a real
+uvicorn on 127.0.0.1. Skips when chromium or playwright is missing."""
+import io
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = os.environ.get("HRMEDSEG_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+if not os.path.exists(CHROMIUM):
+    pytest.skip("chromium not installed (apt-get install chromium)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
+uvicorn = pytest.importorskip("uvicorn")
+
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(segmenter):
+    from hrmedseg.serve.app import create_app
+    port = _free_port()
+    cfg = uvicorn.Config(create_app(segmenter), host="127.0.0.1", port=port, log_level="warning")
+    srv = uvicorn.Server(cfg)
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    assert srv.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    th.join(10)
+
+
+def test_page_upload_overlay_matches_api(server, sample_paths):
+    import hashlib
+    import httpx
+    sample = sample_paths[2]
+    api = httpx.post(server + "/v1/segment", files={"file": (sample.name, sample.read_bytes(), "image/png")}, timeout=60)
+    assert api.status_code == 200
+    want = np.asarray(Image.open(io.BytesIO(api.content)))
+
+    with sync_api.sync_playwright() as p:
+        try:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        except Exception as exc:  # noqa: BLE001 - a broken browser install is not our failure
+            pytest.skip(f"chromium does not start: {exc}")
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 820})
+            page.goto(server + "/")
+            page.wait_for_function("document.querySelectorAll('#model option').length > 0", timeout=20000)
+            page.set_input_files("#file", str(sample))
+            page.wait_for_function("window.hrmedseg.state === 'done' || window.hrmedseg.state === 'error'", timeout=60000)
+            assert page.evaluate("window.hrmedseg.state") == "done", page.inner_text("#status")
+            # the PNG the page received is the API's PNG ...
+            assert page.get_attribute("#view", "data-mask-sha256") == hashlib.sha256(api.content).hexdigest()
+            # ... and the mask it decoded (read back from a canvas) has the API's values
+            got = np.asarray(page.evaluate("Array.from(window.hrmedseg.readMask())"), np.uint8)
+            np.testing.assert_array_equal(got.reshape(want.shape), want)
+            # the overlay is drawn: coloured pixels where the mask is foreground
+            red = page.evaluate("""() => { const c = document.getElementById('view');
+                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
+                for (let i = 0; i < d.length; i += 4) if (d[i] > d[i+1] + 60) n++; return n; }""")
+            assert red > 0
+            assert page.is_visible("#download") and page.get_attribute("#download", "download").endswith("_mask.png")
+            assert page.locator("#legend li").count() == 2
+            page.fill("#opacity", "70")
+            page.dispatch_event("#opacity", "input")
+            DOCS.mkdir(exist_ok=True)
+            page.screenshot(path=str(DOCS / "serve_page.png"))
+        finally:
+            browser.close()
