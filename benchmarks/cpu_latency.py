@@ -117,7 +117,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--variants", default="torch_fp32,onnxruntime_fp32,torch_bf16,torch_int8_dynamic")
+    ap.add_argument("--variants", default="torch_fp32,onnxruntime_fp32",
+                    help="comma list of torch_fp32, onnxruntime_fp32, torch_bf16, torch_int8_dynamic")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()

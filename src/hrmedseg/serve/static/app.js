@@ -70,7 +70,10 @@
   }
 
   function fitCanvas() {
-    const s = Math.min(4, MAX_W / S.origW, MAX_H / S.origH);
+    const wrap = document.getElementById("canvas-wrap");
+    const maxW = Math.max(240, Math.min(MAX_W, wrap.clientWidth - 20));
+    const maxH = Math.max(240, Math.min(MAX_H, window.innerHeight - wrap.getBoundingClientRect().top - 40));
+    const s = Math.min(4, maxW / S.origW, maxH / S.origH);
     S.scale = s;
     view.width = Math.max(1, Math.round(S.origW * s));
     view.height = Math.max(1, Math.round(S.origH * s));
