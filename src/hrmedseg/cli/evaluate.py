@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -65,57 +65,13 @@ def run(args: argparse.Namespace) -> int:
 # Sharded evaluation (torchrun)
 # ---------------------------------------------------------------------------------------------
 
-def _rows_for(seg: Any, samples: Sequence[Any], hd: bool, class_names: list[str] | None,
-              on_error: str, out_dir: Path | None, overlays: int) -> tuple[list, list, list]:
-    """Per-image rows exactly as :func:`evaluate_samples` computes them (both resolutions)."""
-    from ..data.io import ImageReadError, read_image, read_mask, write_image_png
-    from ..evaluation.evaluate import _nearest_resize
-    from ..evaluation.metrics import compute_metrics
-    from ..inference.visualize import prediction_overlay
-
-    nc = seg.num_classes
-    rows, rows_model, skipped = [], [], []
-    bs = max(1, seg.batch_size)
-    for start in range(0, len(samples), bs):
-        chunk, images, gts = [], [], []
-        for idx, s in samples[start:start + bs]:
-            try:
-                img, gt = read_image(s.image_path), read_mask(s.mask_path)
-                if gt.shape != img.shape[:2]:
-                    raise ImageReadError(s.mask_path, f"mask is {gt.shape} but image is {img.shape[:2]}")
-            except ImageReadError as exc:
-                if on_error == "raise":
-                    raise
-                skipped.append((idx, str(exc)))
-                continue
-            chunk.append((idx, s))
-            images.append(img)
-            gts.append(gt)
-        if not chunk:
-            continue
-        preds = seg.predict_arrays(images, [str(s.image_path) for _, s in chunk])
-        for (idx, s), img, gt, pr in zip(chunk, images, gts, preds):
-            prob = pr.probabilities[0] if nc == 1 else pr.probabilities
-            m = compute_metrics(pr.labels, gt, nc, probs=prob, hd=hd, class_names=class_names)
-            rows.append((idx, {"stem": s.stem, "height": gt.shape[0], "width": gt.shape[1], **m}))
-            gt_small = _nearest_resize(gt, pr.model_labels.shape)
-            mm = compute_metrics(pr.model_labels, gt_small, nc, hd=hd, class_names=class_names)
-            rows_model.append((idx, {"stem": s.stem, **mm}))
-            if out_dir is not None and idx < overlays:  # the same images as one process
-                write_image_png(out_dir / "overlays" / f"{s.stem}.png", prediction_overlay(img, pr.labels, gt))
-    return rows, rows_model, skipped
-
-
 def _run_sharded(args: argparse.Namespace, samples: list, size: Any, class_names: list[str] | None) -> int:
-    import json
 
     import torch
     import torch.distributed as dist
 
-    from ..evaluation.evaluate import _write_csv, format_summary
-    from ..evaluation.metrics import EMPTY_MASK_POLICY, summarize
+    from ..evaluation.evaluate import evaluate_rows, format_summary, summarize_rows, write_results
     from ..inference.segmenter import Segmenter
-    from ..models._base import atomic_write_bytes
 
     world = int(os.environ["WORLD_SIZE"])
     rank = int(os.environ.get("RANK", "0"))
@@ -138,33 +94,25 @@ def _run_sharded(args: argparse.Namespace, samples: list, size: Any, class_names
         indexed = list(enumerate(samples))[rank::world]
         # overlays are written by whichever rank evaluates each of the first N images
         out = args.out if args.overlays > 0 else None
-        local_result = _rows_for(seg, indexed, not args.no_hd, class_names,
-                                 "skip" if args.skip_bad else "raise", out, args.overlays)
+        local_result = evaluate_rows(seg, indexed, not args.no_hd, class_names,
+                                     "skip" if args.skip_bad else "raise", out, args.overlays,
+                                     progress=rank == 0)
         gathered: list[Any] | None = [None] * world if rank == 0 else None
         dist.gather_object(local_result, gathered, dst=0)
         if rank == 0:
             assert gathered is not None
-            rows = sorted((r for g in gathered for r in g[0]), key=lambda t: t[0])
-            rows_model = sorted((r for g in gathered for r in g[1]), key=lambda t: t[0])
-            skipped = [msg for _, msg in sorted((s for g in gathered for s in g[2]), key=lambda t: t[0])]
-            rows_, rows_model_ = [r for _, r in rows], [r for _, r in rows_model]
-            stems = [r["stem"] for r in rows_]
+            rows = [r for g in gathered for r in g[0]]
+            rows_model = [r for g in gathered for r in g[1]]
+            skipped = [r for g in gathered for r in g[2]]
+            stems = [r["stem"] for _, r in rows]
             if len(stems) != len(set(stems)) or len(stems) + len(skipped) != len(samples):
                 raise RuntimeError(f"sharded evaluation gathered {len(stems)} rows for {len(samples)} images")
-            summary = {
-                "n_images": len(rows_), "skipped": skipped,
-                "model_resolution": summarize({k: v for k, v in r.items() if k != "stem"} for r in rows_model_),
-                "original_resolution": summarize({k: v for k, v in r.items()
-                                                  if k not in ("stem", "height", "width")} for r in rows_),
-                "empty_mask_policy": EMPTY_MASK_POLICY,
-                "units": "dice/iou/pixel_accuracy/mae as fractions; hd/hd95 in pixels of that resolution",
-            }
-            _write_csv(args.out / "per_image.csv", rows_, rows_model_)
-            atomic_write_bytes(args.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+            summary = summarize_rows(rows, rows_model, skipped)
+            write_results(args.out, rows, rows_model, summary)
             print(format_summary(summary, "model_resolution"))
             print(format_summary(summary, "original_resolution"))
             print(f"wrote {args.out / 'per_image.csv'} and {args.out / 'summary.json'} "
-                  f"({len(rows_)} images over {world} processes)")
+                  f"({len(rows)} images over {world} processes)")
         dist.barrier()
     finally:
         if created and dist.is_initialized():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 
 VERBS = ("models", "profile", "benchmark", "check_dataset", "train", "evaluate", "predict",
@@ -46,7 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hrmedseg {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
-    import importlib.util
     for verb in VERBS:
         # A verb whose module is not written yet is simply absent from the command line.
         if importlib.util.find_spec(f"hrmedseg.cli.{verb}") is None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import io as _io
 import os
-import tempfile
+
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager

@@ -27,23 +27,32 @@ def _nearest_resize(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return mask[rows[:, None], cols[None, :]]
 
 
-def evaluate_samples(segmenter: Any, samples: Sequence[Any], out_dir: Path | None = None,
-                     hd: bool = True, overlays: int = 4, class_names: list[str] | None = None,
-                     progress: bool = True, on_error: str = "raise") -> dict[str, Any]:
-    """Run ``segmenter`` over ``samples`` (objects with stem, image_path, mask_path)."""
+Rows = list[tuple[int, dict[str, Any]]]
+
+
+def evaluate_rows(segmenter: Any, indexed: Sequence[tuple[int, Any]], hd: bool = True,
+                  class_names: list[str] | None = None, on_error: str = "raise",
+                  out_dir: Path | None = None, overlays: int = 4, progress: bool = True
+                  ) -> tuple[Rows, Rows, list[tuple[int, str]]]:
+    """Per-image rows at the original and the model resolution for ``(index, sample)`` pairs.
+
+    Rows carry the sample's index so that shards evaluated by several processes can be merged
+    back in order; overlays are written for samples whose index is below ``overlays``.
+    """
     from tqdm.auto import tqdm
 
     from ..data.io import ImageReadError, read_image, read_mask, write_image_png
     from ..inference.visualize import prediction_overlay
 
     nc = segmenter.num_classes
-    rows, rows_model, skipped = [], [], []
-    out_dir = Path(out_dir) if out_dir else None
+    rows: Rows = []
+    rows_model: Rows = []
+    skipped: list[tuple[int, str]] = []
     bs = max(1, segmenter.batch_size)
-    bar = tqdm(total=len(samples), desc="evaluate", unit="img", disable=not progress)
-    for start in range(0, len(samples), bs):
+    bar = tqdm(total=len(indexed), desc="evaluate", unit="img", disable=not progress)
+    for start in range(0, len(indexed), bs):
         chunk, images, gts = [], [], []
-        for s in samples[start:start + bs]:
+        for idx, s in indexed[start:start + bs]:
             try:
                 img, gt = read_image(s.image_path), read_mask(s.mask_path)
                 if gt.shape != img.shape[:2]:
@@ -51,45 +60,65 @@ def evaluate_samples(segmenter: Any, samples: Sequence[Any], out_dir: Path | Non
             except ImageReadError as exc:
                 if on_error == "raise":
                     raise
-                skipped.append(str(exc))
+                skipped.append((idx, str(exc)))
                 bar.write(f"skipped: {exc}")
                 continue
-            chunk.append(s)
+            chunk.append((idx, s))
             images.append(img)
             gts.append(gt)
-        if not chunk:
-            bar.update(len(samples[start:start + bs]))
-            continue
-        preds = segmenter.predict_arrays(images, [str(s.image_path) for s in chunk])
-        for s, img, gt, pr in zip(chunk, images, gts, preds):
-            prob = pr.probabilities[0] if nc == 1 else pr.probabilities
-            m = compute_metrics(pr.labels, gt, nc, probs=prob, hd=hd, class_names=class_names)
-            rows.append({"stem": s.stem, "height": gt.shape[0], "width": gt.shape[1], **m})
-            gt_small = _nearest_resize(gt, pr.model_labels.shape)
-            mm = compute_metrics(pr.model_labels, gt_small, nc, hd=hd, class_names=class_names)
-            rows_model.append({"stem": s.stem, **mm})
-            if out_dir is not None and len(rows) <= overlays:
-                pic = prediction_overlay(img, pr.labels, gt)
-                write_image_png(out_dir / "overlays" / f"{s.stem}.png", pic)
-        bar.update(len(samples[start:start + bs]))
+        if chunk:
+            preds = segmenter.predict_arrays(images, [str(s.image_path) for _, s in chunk])
+            for (idx, s), img, gt, pr in zip(chunk, images, gts, preds):
+                prob = pr.probabilities[0] if nc == 1 else pr.probabilities
+                m = compute_metrics(pr.labels, gt, nc, probs=prob, hd=hd, class_names=class_names)
+                rows.append((idx, {"stem": s.stem, "height": gt.shape[0], "width": gt.shape[1], **m}))
+                gt_small = _nearest_resize(gt, pr.model_labels.shape)
+                mm = compute_metrics(pr.model_labels, gt_small, nc, hd=hd, class_names=class_names)
+                rows_model.append((idx, {"stem": s.stem, **mm}))
+                if out_dir is not None and idx < overlays:
+                    write_image_png(Path(out_dir) / "overlays" / f"{s.stem}.png",
+                                    prediction_overlay(img, pr.labels, gt))
+        bar.update(len(indexed[start:start + bs]))
     bar.close()
-    summary = {
-        "n_images": len(rows), "skipped": skipped,
-        "model_resolution": summarize({k: v for k, v in r.items() if k != "stem"} for r in rows_model),
+    return rows, rows_model, skipped
+
+
+def summarize_rows(rows: Rows, rows_model: Rows, skipped: list[tuple[int, str]]) -> dict[str, Any]:
+    """The summary JSON (mean ± std at both resolutions) from index-tagged rows."""
+    plain = [r for _, r in sorted(rows, key=lambda t: t[0])]
+    plain_model = [r for _, r in sorted(rows_model, key=lambda t: t[0])]
+    return {
+        "n_images": len(plain), "skipped": [m for _, m in sorted(skipped, key=lambda t: t[0])],
+        "model_resolution": summarize({k: v for k, v in r.items() if k != "stem"} for r in plain_model),
         "original_resolution": summarize({k: v for k, v in r.items() if k not in ("stem", "height", "width")}
-                                         for r in rows),
+                                         for r in plain),
         "empty_mask_policy": EMPTY_MASK_POLICY,
         "units": "dice/iou/pixel_accuracy/mae as fractions; hd/hd95 in pixels of that resolution",
     }
+
+
+def write_results(out_dir: Path, rows: Rows, rows_model: Rows, summary: dict[str, Any]) -> None:
+    """``per_image.csv`` (both resolutions, in sample order) and ``summary.json``, atomically."""
+    from ..atomic import atomic_write_bytes
+    _write_csv(Path(out_dir) / "per_image.csv", [r for _, r in sorted(rows, key=lambda t: t[0])],
+               [r for _, r in sorted(rows_model, key=lambda t: t[0])])
+    atomic_write_bytes(Path(out_dir) / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+
+
+def evaluate_samples(segmenter: Any, samples: Sequence[Any], out_dir: Path | None = None,
+                     hd: bool = True, overlays: int = 4, class_names: list[str] | None = None,
+                     progress: bool = True, on_error: str = "raise") -> dict[str, Any]:
+    """Run ``segmenter`` over ``samples`` (objects with stem, image_path, mask_path)."""
+    rows, rows_model, skipped = evaluate_rows(segmenter, list(enumerate(samples)), hd, class_names,
+                                              on_error, out_dir, overlays, progress)
+    summary = summarize_rows(rows, rows_model, skipped)
     if out_dir is not None:
-        from ..models._base import atomic_write_bytes
-        _write_csv(out_dir / "per_image.csv", rows, rows_model)
-        atomic_write_bytes(out_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        write_results(Path(out_dir), rows, rows_model, summary)
     return summary
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]], rows_model: list[dict[str, Any]]) -> None:
-    from ..models._base import atomic_write_bytes
+    from ..atomic import atomic_write_bytes
     keys: list[str] = []
     merged = []
     for r, rm in zip(rows, rows_model):

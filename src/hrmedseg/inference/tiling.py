@@ -350,7 +350,7 @@ def predict_tiled(logits_fn: Callable[[torch.Tensor], torch.Tensor],
 
     # normalise by the separable weight sum and derive labels, a band of rows at a time
     labels = np.empty((h, w), dtype=np.uint8 if num_classes < 256 else np.int32)
-    band = max(1, (8 << 20) // max(1, w * num_classes * 4))
+    band = max(1, (2 << 20) // max(1, w * num_classes * 4))
     for y in range(0, h, band):
         sl = slice(y, min(y + band, h))
         norm = (1.0 / np.outer(wy[sl], wx)).astype(np.float32)

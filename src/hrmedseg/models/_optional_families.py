@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 # Each entry is a module of this package; a family whose third-party dependency is missing is
 # skipped here and explains itself when a user asks for it (see baselines).
@@ -15,7 +16,6 @@ def load() -> None:
     if _loaded:
         return
     _loaded = True
-    import importlib.util
     for mod in FAMILIES:
         # A family module not written yet is skipped; one that exists must import cleanly.
         if importlib.util.find_spec(f"hrmedseg.models.{mod}") is not None:

@@ -16,7 +16,7 @@ Blocks live in :mod:`hrmedseg.layers`; this file wires them and registers the va
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
