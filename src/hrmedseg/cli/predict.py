@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="segment image files or folders, writing mask and overlay PNGs")
@@ -23,6 +25,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--size", type=int, nargs="+", help="model input size (default: as trained)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--mode", default="resize", choices=["resize", "tile"],
+                   help="resize: whole image at the model size (default); tile: sliding window at "
+                        "full resolution with Gaussian blending (large images, TIFFs read lazily)")
+    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (tile mode)")
+    p.add_argument("--tile-batch", type=int, default=4, help="tiles per forward (tile mode)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--gt", type=Path, help="a ground-truth mask (single input) or a folder of masks "
                                            "with matching stems: print Dice/IoU against it")
@@ -88,6 +95,10 @@ def shard(items: list, env: dict | None = None) -> list:
     return items[rank::world]
 
 
+# Overlays of larger images would need the whole image in memory as RGB; their masks are still written.
+OVERLAY_MAX_PIXELS = 60_000_000
+
+
 def sample_dir() -> Path:
     """The shipped sample images (DSB-2018 test split, CC0)."""
     from importlib import resources
@@ -126,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
     others = [(f, k) for f, k in kinds if k != "image"]
     size = None if not args.size else (args.size * 2 if len(args.size) == 1 else args.size)
     seg = Segmenter(args.model, device=args.device, size=size, precision=args.precision,
-                    batch_size=args.batch_size)
+                    batch_size=args.batch_size, mode=args.mode, overlap=args.overlap,
+                    tile_batch=args.tile_batch)
     args.out.mkdir(parents=True, exist_ok=True)
     n_ok, n_bad = 0, 0
     for f, kind in others:
@@ -147,21 +159,26 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(files, unit="img", desc="predict", disable=len(files) < 2)
     for f in bar:
         try:
-            img = read_image(f)
+            if args.mode == "tile":
+                pred = seg.predict_file(f)  # TIFFs are read window by window
+                img = pred.image
+            else:
+                img = read_image(f)
+                pred = seg.predict_arrays([img], [str(f)])[0]
         except ImageReadError as exc:
             if not args.skip_bad:
                 raise
             bar.write(f"skipped: {exc}")
             n_bad += 1
             continue
-        pred = seg.predict_arrays([img], [str(f)])[0]
         scale = 255 if seg.num_classes <= 2 else 1
         write_mask_png(args.out / f"{f.stem}_mask.png", (pred.labels * scale).astype("uint8")
                        if scale != 1 else pred.labels)
         gt_path = _gt_for(args.gt, f, single)
         gt = read_mask(gt_path) if gt_path else None
-        if not args.no_overlay:
-            write_image_png(args.out / f"{f.stem}_overlay.png", prediction_overlay(img, pred.labels, gt))
+        if not args.no_overlay and pred.labels.size <= OVERLAY_MAX_PIXELS:
+            write_image_png(args.out / f"{f.stem}_overlay.png",
+                            prediction_overlay(np.asarray(img), pred.labels, gt))
         msg = f"{f.name}: {pred.labels.shape[1]}x{pred.labels.shape[0]}, foreground {100 * (pred.labels > 0).mean():.1f}%"
         if gt is not None:
             msg += f", Dice {100 * dice(pred.labels > 0, gt > 0):.2f}, IoU {100 * iou(pred.labels > 0, gt > 0):.2f} vs {gt_path.name}"

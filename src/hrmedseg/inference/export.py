@@ -13,11 +13,10 @@ forward runs in onnxruntime — segments exactly like the PyTorch one (resize or
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -48,27 +47,6 @@ class _ImageOnly(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.model(image)
-
-
-@contextlib.contextmanager
-def _uncached_rope(model: nn.Module) -> Iterator[None]:
-    """RotaryEmbedding2d caches its tables in a dict keyed by the grid size; a symbolic size is
-    not hashable, so during export every instance computes its tables directly (in the graph)."""
-    from ..layers.rope import RotaryEmbedding2d, rope_angles
-
-    patched = []
-    for mod in model.modules():
-        if isinstance(mod, RotaryEmbedding2d):
-            def tables(height, width, device, dtype, mod=mod):  # noqa: ANN001
-                ang = rope_angles(height, width, mod.dim, mod.base, device=device)
-                return ang.cos().to(dtype), ang.sin().to(dtype)
-            mod.tables = tables
-            patched.append(mod)
-    try:
-        yield
-    finally:
-        for mod in patched:
-            del mod.tables
 
 
 def _size_pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -109,7 +87,7 @@ def export_onnx(model: str | os.PathLike | nn.Module, path: str | os.PathLike,
         example = torch.randn(1, in_chans, *size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _uncached_rope(net), torch.no_grad():
+    with torch.no_grad():
         program = torch.onnx.export(wrapper, (example,), dynamo=True, input_names=["image"],
                                     output_names=["logits"], opset_version=opset,
                                     optimize=optimize, verbose=verbose, **kwargs)

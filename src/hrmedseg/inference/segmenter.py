@@ -98,7 +98,10 @@ class Segmenter:
         self.model, pre = _resolve_model(model, self.device)
         self.model.eval()
         cfg = getattr(self.model, "config", None)
-        default_size = pre.get("size") or list(getattr(cfg, "img_size", (1024, 1024)))
+        cfg_size = getattr(cfg, "img_size", (1024, 1024))
+        if isinstance(cfg_size, int):  # SAM-family configs keep one side
+            cfg_size = (cfg_size, cfg_size)
+        default_size = pre.get("size") or list(cfg_size)
         if size is None:
             size = default_size
         self.size = (size, size) if isinstance(size, int) else tuple(int(v) for v in size)

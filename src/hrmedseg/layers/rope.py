@@ -43,6 +43,10 @@ class RotaryEmbedding2d(nn.Module):
 
     def tables(self, height: int, width: int, device: torch.device,
                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        if not (isinstance(height, int) and isinstance(width, int)):
+            # Symbolic sizes (torch.export / ONNX with dynamic H, W): compute in the graph.
+            ang = rope_angles(height, width, self.dim, self.base, device=device)
+            return ang.cos().to(dtype), ang.sin().to(dtype)
         key = (height, width, device, dtype)
         hit = self._cache.get(key)
         if hit is None:

@@ -207,26 +207,10 @@ class _Model:
 
 
 def _as_segmenter(src: Any, device: str, size: Any) -> Any:
-    from torch import nn
-    from ..inference.segmenter import Segmenter, _resolve_model
+    from ..inference.segmenter import Segmenter
     if isinstance(src, Segmenter):
         return src
-    if not isinstance(src, nn.Module):
-        try:
-            return Segmenter(src, device=device, size=size)
-        except TypeError:  # SAM configs keep img_size as an int, which Segmenter cannot read
-            src = _resolve_model(src, torch_device(device))[0]
-    cfg = getattr(src, "config", None)
-    img_size = getattr(cfg, "img_size", None)
-    if not isinstance(img_size, int):
-        return Segmenter(src, device=device, size=size)
-    # Workaround (SAM models): Segmenter reads config.img_size as a sequence; give it one
-    # for the duration of the constructor only.
-    try:
-        object.__setattr__(cfg, "img_size", (img_size, img_size))
-        return Segmenter(src, device=device, size=size or img_size)
-    finally:
-        object.__setattr__(cfg, "img_size", img_size)
+    return Segmenter(src, device=device, size=size)
 
 
 def torch_device(device: str) -> Any:

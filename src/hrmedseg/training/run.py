@@ -13,11 +13,44 @@ def build_model(cfg: Config):
     from ..models._hub import from_pretrained
     from ..models._registry import create_model
 
+    def _load_distilled(folder: str, name: str, kwargs: dict[str, Any]):
+        """A distilled student folder (``hrmedseg distill`` → ``RUN/student``, config.json
+        ``metadata.distilled = true``): its ``encoder.*`` and ``neck.*`` weights go into a freshly
+        built ``name`` model with the configured classes/size/overrides; the decoder stays at its
+        initialisation (distillation never trains it)."""
+        from ..models._hub import WEIGHTS_NAME, load_safetensors
+        from ..models._registry import create_model
+
+        model = create_model(name, pretrained=False, **kwargs)
+        state = load_safetensors(Path(folder) / WEIGHTS_NAME)
+        parts = ("encoder.", "neck.")
+        own = {k: v for k, v in model.state_dict().items() if k.startswith(parts)}
+        sub = {k: v for k, v in state.items() if k.startswith(parts)}
+        if not own:
+            raise ConfigError(f"model.pretrained={folder}: {name} has no encoder/neck to load a "
+                              f"distilled encoder into")
+        bad = [f"{k} {tuple(sub[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+               if k in sub and sub[k].shape != v.shape]
+        missing = [k for k in own if k not in sub]
+        extra = [k for k in sub if k not in own]
+        if bad or missing or extra:
+            what = (f"shape {bad[0]}" if bad else f"missing {missing[0]}" if missing
+                    else f"unexpected {extra[0]}")
+            raise ConfigError(f"model.pretrained={folder}: the distilled encoder does not fit "
+                              f"{name} with these model.overrides ({len(bad)} shape mismatches, "
+                              f"{len(missing)} missing, {len(extra)} unexpected keys; e.g. {what})")
+        model.load_state_dict(sub, strict=False)
+        model.pretrained_weight = str(folder)
+        return model
+
     m = cfg.model
     pre = m.pretrained.strip()
     kwargs: dict[str, Any] = dict(num_classes=m.num_classes, in_chans=m.in_chans,
                                   img_size=tuple(cfg.data.size), **m.overrides)
     if pre and pre not in ("none", "default", "true", "false") and Path(pre).is_dir():
+        from ..models._hub import read_config
+        if (read_config(pre).get("metadata") or {}).get("distilled"):
+            return _load_distilled(pre, m.name, kwargs)
         return from_pretrained(pre)
     flag: bool | str = False if pre in ("", "none", "false") else (True if pre in ("default", "true") else pre)
     return create_model(m.name, pretrained=flag, **kwargs)

@@ -1,0 +1,68 @@
+"""``hrmedseg distill --student hrmedseg --teacher mobile_sam.pt --images DIR [DIR...] -o RUN``.
+
+MSE between the student's neck output and MobileSAM's (TinyViT) image embedding at SIZE²; both
+networks see SAM's preprocessing (longest side → SIZE, SAM mean/std = ImageNet normalisation,
+zero padding). Without augmentation the teacher's embeddings are computed once and cached
+(float16 .npy per image, manifest with the teacher's sha256); ``--augment strong`` runs the
+teacher on each random view. Rerunning the same command continues from RUN/checkpoints/last.
+``RUN/student`` is a model folder; ``hrmedseg train model.pretrained=RUN/student`` loads its
+encoder and neck.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("distill", help="distil MobileSAM's image embedding into an HRMedSeg encoder")
+    p.add_argument("--student", default="hrmedseg", help="student model name or model folder (default hrmedseg)")
+    p.add_argument("--teacher", required=True, help="MobileSAM checkpoint (mobile_sam.pt)")
+    p.add_argument("--images", nargs="+", required=True, help="image folders (searched recursively)")
+    p.add_argument("-o", "--out", required=True, help="run folder (rerun to continue)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--size", type=int, default=1024, help="square input side (default 1024)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
+    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--augment", default="none", choices=["none", "strong"])
+    p.add_argument("--teacher-cache", help="embedding cache folder (default RUN/teacher_cache)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (resumable)")
+    p.add_argument("--workers", type=int, default=2, help="image-reading processes")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="student model overrides, e.g. embed_dim=48 depth=8")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training.distill import DistillConfig, distill
+    from .main import UserError
+
+    overrides = {}
+    for item in args.set:
+        if "=" not in item:
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        overrides[k] = _value(v)
+    try:
+        cfg = DistillConfig(images=args.images, out_dir=args.out, student=args.student,
+                            student_overrides=overrides, teacher=args.teacher, epochs=args.epochs,
+                            batch_size=args.batch, lr=args.lr, size=args.size, device=args.device,
+                            precision=args.precision, val_fraction=args.val_fraction,
+                            augment=args.augment, teacher_cache=args.teacher_cache, seed=args.seed,
+                            max_steps=args.max_steps, workers=args.workers)
+        summary = distill(cfg)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    print(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,157 @@
+"""Distillation: held-out MSE falls, the teacher cache is built once, resume continues, and the
+student folder loads into `hrmedseg train` (encoder + neck only)."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hrmedseg.models._hub import load_safetensors
+from hrmedseg.models._registry import create_model
+from hrmedseg.training.checkpoint import load_state
+from hrmedseg.training.distill import DistillConfig, Distiller, distill
+
+TINY_TEACHER = dict(embed_dims=(8, 16, 16, 32), depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 2),
+                    window_sizes=(2, 2, 2, 2), head_classes=0)
+STUDENT = dict(embed_dim=24, depth=2, num_heads=[6, 6, 6], neck_dim=256, decoder_heads=4,
+               decoder_mlp_dim=32, drop_path_rate=0.0)
+
+
+def make_images(root, n=10, seed=0):
+    """Smooth natural-ish images (discs on gradients) of varying sizes."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
+    for i in range(n):
+        h, w = 56 + 4 * (i % 3), 64
+        yy, xx = np.mgrid[:h, :w]
+        img = np.stack([xx * 3, yy * 3, (xx + yy) * 2], -1).astype(np.float64)
+        cy, cx, r = rng.integers(12, 44), rng.integers(12, 52), rng.integers(5, 12)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = rng.integers(0, 255, 3)
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / f"im{i:02d}.png")
+    return root
+
+
+def tiny_teacher(seed=0):
+    torch.manual_seed(seed)
+    return create_model("mobile_sam", img_size=64, encoder_args=TINY_TEACHER)
+
+
+def cfg_for(tmp_path, out="run", **kw):
+    base = dict(images=[str(tmp_path / "imgs")], out_dir=str(tmp_path / out), student_overrides=STUDENT,
+                epochs=4, batch_size=2, lr=1e-3, size=64, device="cpu", precision="fp32",
+                val_fraction=0.2, teacher_cache=str(tmp_path / "cache"))
+    base.update(kw)
+    return DistillConfig(**base)
+
+
+def read_csv(path):
+    return list(csv.DictReader(open(path)))
+
+
+@pytest.fixture
+def images(tmp_path):
+    return make_images(tmp_path / "imgs")
+
+
+def test_distill_lowers_heldout_mse_and_caches_once(tmp_path, images):
+    teacher = tiny_teacher()
+    s = distill(cfg_for(tmp_path), teacher=teacher, progress=False)
+    rows = read_csv(tmp_path / "run" / "metrics.csv")
+    val = [float(r["val_loss"]) for r in rows]
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3, 4]
+    assert min(val[1:]) < 0.9 * val[0], val
+    # every image embedded exactly once; all of them cached as float16
+    assert s["teacher_calls"] == 10 and s["val_images"] == 2
+    man = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    assert len(man["entries"]) == 10 and man["teacher_sha256"].startswith("weights:")
+    arr = np.load(next((tmp_path / "cache").glob("*.npy")))
+    assert arr.dtype == np.float16 and arr.shape == (256, 4, 4)
+    assert (tmp_path / "run" / "curve.png").stat().st_size > 0
+    cfgj = json.loads((tmp_path / "run" / "student" / "config.json").read_text())
+    assert cfgj["metadata"]["distilled"] is True
+    state = load_state(tmp_path / "run" / "checkpoints" / "last")  # weights_only=True inside
+    assert state["epoch"] == 4
+    # a second run with the same cache does not run the teacher at all
+    s2 = distill(cfg_for(tmp_path, out="run2", epochs=0), teacher=teacher, progress=False)
+    assert s2["teacher_calls"] == 0
+    # a different teacher invalidates the cache: rebuilt
+    s3 = distill(cfg_for(tmp_path, out="run3", epochs=0), teacher=tiny_teacher(seed=1), progress=False)
+    assert s3["teacher_calls"] == 10
+
+
+def test_distill_resume_matches_uninterrupted(tmp_path, images):
+    teacher = tiny_teacher()
+    full = distill(cfg_for(tmp_path, out="full", epochs=2), teacher=teacher, progress=False)
+    # "killed" after 3 steps (mid-epoch 2; 4 steps per epoch), then rerun to the end
+    part = distill(cfg_for(tmp_path, out="cut", epochs=2, max_steps=3), teacher=teacher, progress=False)
+    assert part["stopped_early"] and part["global_step"] == 3
+    assert load_state(tmp_path / "cut" / "checkpoints" / "last")["batch_in_epoch"] == 3
+    rest = distill(cfg_for(tmp_path, out="cut", epochs=2), teacher=teacher, progress=False)
+    assert rest["resumed"] and rest["global_step"] == full["global_step"] == 8
+    a = load_safetensors(tmp_path / "full" / "checkpoints" / "last" / "model.safetensors")
+    b = load_safetensors(tmp_path / "cut" / "checkpoints" / "last" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_distill_strong_augment_runs_teacher_on_the_fly(tmp_path, images):
+    teacher = tiny_teacher()
+    d = Distiller(cfg_for(tmp_path, epochs=1, augment="strong"), teacher=teacher, progress=False)
+    s = d.fit()
+    # held-out images cached once (2), each training view embedded on the fly (8)
+    assert d.teacher_calls == 2 + 8 and s["epochs_done"] == 1
+    assert len(json.loads((tmp_path / "cache" / "manifest.json").read_text())["entries"]) == 2
+
+
+def test_student_folder_loads_into_train(tmp_path, images):
+    from hrmedseg.training.config import ConfigError, load_config
+    from hrmedseg.training.run import build_model
+
+    distill(cfg_for(tmp_path, epochs=1), teacher=tiny_teacher(), progress=False)
+    folder = tmp_path / "run" / "student"
+    distilled = load_safetensors(folder / "model.safetensors")
+    ov = "{" + ", ".join(f"{k}: {v}" for k, v in STUDENT.items()) + "}"
+    cfg = load_config("paper", [f"model.pretrained={folder}", "model.num_classes=3",
+                                "data.size=64", f"model.overrides={ov}"])
+    torch.manual_seed(123)
+    model = build_model(cfg)
+    torch.manual_seed(123)
+    fresh = create_model("hrmedseg", num_classes=3, img_size=(64, 64), **STUDENT)
+    assert model.config.num_classes == 3
+    fresh_sd = fresh.state_dict()
+    for k, v in model.state_dict().items():
+        if k.startswith(("encoder.", "neck.")):
+            torch.testing.assert_close(v, distilled[k])
+        else:
+            torch.testing.assert_close(v, fresh_sd[k])
+    assert any(not torch.equal(model.state_dict()[k], fresh_sd[k]) for k in fresh_sd
+               if k.startswith("encoder."))
+    # a different architecture: one-line error
+    bad = load_config("paper", [f"model.pretrained={folder}", "data.size=64",
+                                "model.overrides={embed_dim: 48, depth: 2, num_heads: [6, 6, 6]}"])
+    with pytest.raises(ConfigError, match="does not fit"):
+        build_model(bad)
+
+
+def test_distill_cli(tmp_path, images, monkeypatch):
+    from hrmedseg.cli.main import main
+    teacher = tiny_teacher()
+    ckpt = tmp_path / "teacher.pt"
+    from hrmedseg.models.sam import to_sam_state_dict
+    torch.save(to_sam_state_dict(teacher), ckpt)
+    # the CLI builds the default vit_t from a checkpoint; here the tiny layout is substituted
+    import hrmedseg.training.distill as dmod
+    real = dmod.build_teacher
+    monkeypatch.setattr(dmod, "build_teacher",
+                        lambda t, size: real(tiny_teacher(), size) if isinstance(t, str) else real(t, size))
+    rc = main(["distill", "--teacher", str(ckpt), "--images", str(images), "-o", str(tmp_path / "clirun"),
+               "--epochs", "1", "--batch", "2", "--size", "64", "--device", "cpu", "--precision", "fp32",
+               "--workers", "0", "--set", "embed_dim=24", "depth=2", "num_heads=[6,6,6]",
+               "decoder_heads=4", "decoder_mlp_dim=32"])
+    assert rc == 0
+    man = json.loads((tmp_path / "clirun" / "teacher_cache" / "manifest.json").read_text())
+    from hrmedseg.models._pretrained import sha256_of
+    assert man["teacher_sha256"] == sha256_of(ckpt)
+    assert (tmp_path / "clirun" / "student" / "model.safetensors").is_file()
