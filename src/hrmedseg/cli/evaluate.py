@@ -27,6 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-hd", action="store_true", help="skip Hausdorff distances (faster)")
     p.add_argument("--overlays", type=int, default=8, help="write this many overlay PNGs")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable pairs instead of stopping")
+    p.add_argument("--axis", type=int, default=2, help="3-D cases: voxel axis to slice along")
+    p.add_argument("--window", default="abdomen", help="3-D cases: CT window preset or percentile")
     p.set_defaults(func=run)
 
 
@@ -37,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.segmenter import Segmenter
 
     from .main import UserError
+    if _is_volume_dataset(Path(args.data)):
+        return _run_volumes(args)
     try:
         index = discover_pairs(args.data)
     except ValueError as exc:
@@ -117,4 +121,34 @@ def _run_sharded(args: argparse.Namespace, samples: list, size: Any, class_names
     finally:
         if created and dist.is_initialized():
             dist.destroy_process_group()
+    return 0
+
+
+def _is_volume_dataset(root: Path) -> bool:
+    """nnU-Net raw layout whose images are 3-D NIfTI volumes."""
+    return (root / "imagesTr").is_dir() and any((root / "imagesTr").glob("*.nii*")) and \
+        (root / "labelsTr").is_dir()
+
+
+def _run_volumes(args: argparse.Namespace) -> int:
+    from ..data.splits import load_splits
+    from ..evaluation.evaluate_volumes import evaluate_volume_cases
+    from ..inference.segmenter import Segmenter
+    from ..training.volume_data import discover_volume_cases, read_label_names
+
+    root = Path(args.data)
+    cases = discover_volume_cases(root)
+    if args.split != "all":
+        sp = Path(args.splits) if args.splits else root / "splits.json"
+        if not sp.is_file():
+            raise FileNotFoundError(f"{sp}: no splits file; pass --splits or --split all")
+        want = set(load_splits(sp)[args.split])
+        cases = [c for c in cases if c.case in want]
+    size = None if not args.size else (args.size * 2 if len(args.size) == 1 else args.size)
+    seg = Segmenter(args.model, device=args.device, size=size, precision=args.precision,
+                    batch_size=args.batch_size)
+    res = evaluate_volume_cases(seg, cases, read_label_names(root), args.out, axis=args.axis,
+                                window=args.window, batch_size=args.batch_size, hd=not args.no_hd)
+    print(res["table2"])
+    print(f"wrote {args.out / 'per_case.csv'}, {args.out / 'table2.md'} and {args.out / 'summary.json'}")
     return 0
