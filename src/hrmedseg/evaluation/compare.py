@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import yaml
 
 from ..training.config import Config, ConfigError, _merge, load_config
 
@@ -83,12 +82,8 @@ def load_compare(path: str | Path, extra_overrides: Sequence[str] = ()) -> Compa
             p = recipe_path(str(path))
         except ConfigError:
             raise ConfigError(f"{path}: comparison file not found") from None
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: top level must be a mapping")
+    from ..training.config import read_yaml_mapping
+    data = read_yaml_mapping(p)
     unknown = set(data) - _TOP_KEYS
     if unknown:
         raise ConfigError(f"{p}: unknown key(s) {', '.join(sorted(unknown))} "

@@ -18,13 +18,11 @@ is the SAM input size (before padding; ground truth resized nearest-neighbour). 
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .evaluate import _nearest_resize, summarize_rows, write_results
 from .metrics import compute_metrics

@@ -177,6 +177,17 @@ def recipe_path(name: str) -> Path:
     return Path(str(res))
 
 
+def read_yaml_mapping(p: Path) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping; one-line errors name the file."""
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    return data
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not of the form section.key=value")
@@ -198,12 +209,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             p = recipe_path(str(path))
         if not p.is_file():
             raise ConfigError(f"{p}: config file not found")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: top level must be a mapping of sections")
+        data = read_yaml_mapping(p)
         data.pop("recipe", None)
         _merge(cfg, data)
     for ov in overrides:
