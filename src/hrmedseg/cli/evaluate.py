@@ -33,24 +33,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.datasets import discover_pairs
-    from ..data.splits import load_splits
     from ..evaluation.evaluate import evaluate_samples, format_summary
     from ..inference.segmenter import Segmenter
+    from ._common import samples_for_split
 
-    from .main import UserError
     if _is_volume_dataset(Path(args.data)):
         return _run_volumes(args)
-    try:
-        index = discover_pairs(args.data)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    samples = list(index.samples)
-    if args.split != "all":
-        sp = Path(args.splits) if args.splits else Path(args.data) / "splits.json"
-        if not sp.is_file():
-            raise FileNotFoundError(f"{sp}: no splits file; pass --splits or --split all")
-        samples = index.subset(list(load_splits(sp)[args.split]))
+    index, samples = samples_for_split(args.data, args.split, args.splits)
     size = None if not args.size else (args.size * 2 if len(args.size) == 1 else args.size)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return _run_sharded(args, samples, size, index.class_names)

@@ -30,22 +30,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.datasets import discover_pairs
-    from ..data.splits import load_splits
     from ..evaluation.evaluate import format_summary
     from ..evaluation.zeroshot import build_zeroshot_model, evaluate_zeroshot
+    from ._common import samples_for_split
     from .main import UserError
 
-    try:
-        index = discover_pairs(args.data)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    samples = list(index.samples)
-    if args.split != "all":
-        sp = Path(args.splits) if args.splits else Path(args.data) / "splits.json"
-        if not sp.is_file():
-            raise FileNotFoundError(f"{sp}: no splits file; pass --splits or --split all")
-        samples = index.subset(list(load_splits(sp)[args.split]))
+    index, samples = samples_for_split(args.data, args.split, args.splits)
     if args.limit:
         samples = samples[:args.limit]
     try:

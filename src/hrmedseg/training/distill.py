@@ -525,13 +525,8 @@ class Distiller:
         return total / max(1, n)
 
     def _append_csv(self, row: dict[str, Any]) -> None:
-        path = self.run_dir / "metrics.csv"
-        new = not path.exists()
-        with open(path, "a", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
-            if new:
-                w.writeheader()
-            w.writerow({k: row.get(k, "") for k in CSV_FIELDS})
+        from .metrics_log import append_csv_row
+        append_csv_row(self.run_dir / "metrics.csv", row, CSV_FIELDS)
 
     def _write_config(self, resumed: bool) -> None:
         from ..atomic import atomic_write_bytes

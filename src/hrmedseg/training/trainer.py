@@ -6,7 +6,6 @@ neither the command line nor file formats (``data_setup`` builds the datasets).
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import math
 import os
@@ -23,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..evaluation.torch_metrics import logits_to_labels, per_image_dice_iou
+from .metrics_log import append_csv_row
 from .checkpoint import find_checkpoint, load_state, save_checkpoint
 from .config import Config, save_config
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
@@ -304,13 +304,7 @@ class Trainer:
         atomic_write_bytes(self.run_dir / name, (json.dumps(env, indent=2) + "\n").encode())
 
     def _append_csv(self, row: dict[str, Any]) -> None:
-        path = self.run_dir / "metrics.csv"
-        new = not path.exists()
-        with open(path, "a", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
-            if new:
-                w.writeheader()
-            w.writerow({k: row.get(k, "") for k in CSV_FIELDS})
+        append_csv_row(self.run_dir / "metrics.csv", row, CSV_FIELDS)
 
     def fit(self, resume: bool = True) -> FitResult:
         from tqdm.auto import tqdm

@@ -1,0 +1,24 @@
+"""Argument handling shared by several verbs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def samples_for_split(data: str, split: str, splits: str | None) -> tuple[Any, list[Any]]:
+    """The dataset index of ``data`` and its samples of ``split`` ('all' = every pair)."""
+    from ..data.datasets import discover_pairs
+    from ..data.splits import load_splits
+    from .main import UserError
+
+    try:
+        index = discover_pairs(data)
+    except ValueError as exc:  # not a dataset layout: the message says what was expected
+        raise UserError(str(exc)) from None
+    samples = list(index.samples)
+    if split != "all":
+        sp = Path(splits) if splits else Path(data) / "splits.json"
+        if not sp.is_file():
+            raise FileNotFoundError(f"{sp}: no splits file; pass --splits or --split all")
+        samples = index.subset(list(load_splits(sp)[split]))
+    return index, samples
