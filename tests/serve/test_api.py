@@ -280,3 +280,13 @@ def test_box_prompts_with_tiny_sam(tiny_sam, sample_paths):
                                    data={"boxes": "[[0,0,999,10]]"}).json()["error"]
         r = c.post("/v1/segment", files={"file": ("a.png", data, "image/png")})   # unprompted still works
         assert r.status_code == 200
+
+
+def test_4000x5000_upload_gives_full_size_mask(client):
+    """A large photo-sized upload: the mask comes back at the image's own size."""
+    yy, xx = np.mgrid[:5000, :4000]
+    img = ((np.sin(yy / 200.0) * np.cos(xx / 150.0) + 1) * 120).astype(np.uint8)
+    r = _post(client, _png(img))
+    assert r.status_code == 200, r.text
+    assert Image.open(io.BytesIO(r.content)).size == (4000, 5000)
+    assert r.headers["X-Image-Width"] == "4000" and r.headers["X-Image-Height"] == "5000"
