@@ -242,20 +242,9 @@ class ControlledTinyViTBlock(TinyViTBlock):
 
     def _controlled_windows(self, x: torch.Tensor, h: int, w: int, ctrl: ModalityController,
                             index: int, route: _Route) -> torch.Tensor:
-        b, n, c = x.shape
-        ws = self.window_size
-        if h == ws and w == ws:
-            return self.attn(x, *ctrl.tokens(index, route, 1, x.dtype))
-        x = x.view(b, h, w, c)
-        pad_b, pad_r = (-h) % ws, (-w) % ws
-        if pad_b or pad_r:
-            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-        ph, pw = h + pad_b, w + pad_r
-        nh, nw = ph // ws, pw // ws
-        x = x.view(b, nh, ws, nw, ws, c).transpose(2, 3).reshape(b * nh * nw, ws * ws, c)
-        x = self.attn(x, *ctrl.tokens(index, route, nh * nw, x.dtype))
-        x = x.view(b, nh, nw, ws, ws, c).transpose(2, 3).reshape(b, ph, pw, c)
-        return x[:, :h, :w].reshape(b, n, c)
+        def attend(windows: torch.Tensor, per_image: int) -> torch.Tensor:
+            return self.attn(windows, *ctrl.tokens(index, route, per_image, windows.dtype))
+        return self._windows(x, h, w, attend)
 
     def forward(self, x: torch.Tensor, h: int, w: int,  # type: ignore[override]
                 ctrl: ModalityController | None = None, index: int = 0,

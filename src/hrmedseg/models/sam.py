@@ -159,11 +159,18 @@ class TinyViTBlock(nn.Module):
         self.mlp = _NormMlp(dim, int(dim * mlp_ratio))
         self.local_conv = ConvBN(dim, dim, local_conv_size, groups=dim)
 
-    def _windows(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    def _windows(self, x: torch.Tensor, h: int, w: int, attend: Any = None) -> torch.Tensor:
+        """Window attention over an h×w token grid (padded to whole windows).
+
+        ``attend(windows, windows_per_image)`` replaces ``self.attn`` (ESP-MedSAM adds its
+        modality tokens there)."""
+        if attend is None:
+            def attend(t: torch.Tensor, _: int) -> torch.Tensor:
+                return self.attn(t)
         b, n, c = x.shape
         ws = self.window_size
         if h == ws and w == ws:
-            return self.attn(x)
+            return attend(x, 1)
         x = x.view(b, h, w, c)
         pad_b, pad_r = (-h) % ws, (-w) % ws
         if pad_b or pad_r:
@@ -171,7 +178,7 @@ class TinyViTBlock(nn.Module):
         ph, pw = h + pad_b, w + pad_r
         nh, nw = ph // ws, pw // ws
         x = x.view(b, nh, ws, nw, ws, c).transpose(2, 3).reshape(b * nh * nw, ws * ws, c)
-        x = self.attn(x)
+        x = attend(x, nh * nw)
         x = x.view(b, nh, nw, ws, ws, c).transpose(2, 3).reshape(b, ph, pw, c)
         return x[:, :h, :w].reshape(b, n, c)
 
