@@ -154,22 +154,30 @@ def _pil_to_array(im: Image.Image, palette_indices: bool) -> np.ndarray:
     return np.asarray(im.convert("RGB"))  # CMYK, YCbCr, LAB, HSV, RGBX, ...
 
 
-def _png_is_16bit_colour(path: Path) -> bool:
+def is_png16_colour_header(head: bytes) -> bool:
     """Pillow silently reduces 16-bit RGB(A) PNGs to 8 bits, so those go through OpenCV."""
+    return len(head) >= 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[24] == 16 and head[25] in (2, 6)
+
+
+def decode_png16_colour(data: bytes | np.ndarray) -> np.ndarray | None:
+    """16-bit RGB(A) PNG bytes → RGB(A) uint16 array; None if OpenCV cannot decode them."""
+    import cv2
+
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is not None and arr.ndim == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA if arr.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    return arr
+
+
+def _png_is_16bit_colour(path: Path) -> bool:
     with open(path, "rb") as fh:
-        head = fh.read(26)
-    return len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[24] == 16 and head[25] in (2, 6)
+        return is_png16_colour_header(fh.read(26))
 
 
 def _read_png16_colour(path: Path) -> np.ndarray:
-    import cv2
-
-    buf = np.fromfile(str(path), dtype=np.uint8)
-    arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    arr = decode_png16_colour(np.fromfile(str(path), dtype=np.uint8))
     if arr is None:
         raise ImageReadError(path, "corrupt or truncated 16-bit PNG")
-    if arr.ndim == 3:
-        arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA if arr.shape[2] == 4 else cv2.COLOR_BGR2RGB)
     return arr
 
 

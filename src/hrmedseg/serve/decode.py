@@ -77,14 +77,11 @@ def _pillow_header(data: bytes, max_pixels: int) -> Image.Image:
 def _decode_pillow(data: bytes, max_pixels: int) -> np.ndarray:
     im = _pillow_header(data, max_pixels)
     # Pillow reduces 16-bit RGB(A) PNGs to 8 bits; read_image uses OpenCV for those, so do we.
-    if len(data) >= 26 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[24] == 16 and data[25] in (2, 6):
+    if hio.is_png16_colour_header(data[:26]):
         im.close()
-        import cv2
-        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        arr = hio.decode_png16_colour(data)
         if arr is None:
             raise UploadError(400, "corrupt or truncated 16-bit PNG")
-        if arr.ndim == 3:
-            arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA if arr.shape[2] == 4 else cv2.COLOR_BGR2RGB)
         return arr
     with hio._pillow_pixel_limit(max(max_pixels, 1)):
         try:
