@@ -36,7 +36,7 @@ def split_stems(cfg: Config, stems: list[str]) -> tuple[list[str], list[str], li
     return parts["train"], parts["val"], parts["test"]
 
 
-def build_datasets(cfg: Config, num_classes: int, in_chans: int, build_cache_now: bool = True) -> RunData:
+def build_datasets(cfg: Config, num_classes: int, in_chans: int) -> RunData:
     from ..data.datasets import SegmentationDataset, build_cache, discover_pairs
     from ..data.transforms import eval_transform, train_transform
 
@@ -53,13 +53,12 @@ def build_datasets(cfg: Config, num_classes: int, in_chans: int, build_cache_now
         raise ConfigError(f"{d.root}: no image/mask pairs found")
     train_s, val_s, test_s = split_stems(cfg, index.stems)
     size = tuple(d.size)
-    cache = None
-    if build_cache_now:
-        cache_dir = Path(d.cache_dir) if d.cache_dir else (
-            Path(cfg.train.out_dir).parent / ".cache" / f"{Path(d.root).resolve().name}_{size[0]}x{size[1]}")
-        # The cache stores everything at the model size: augmentation then works on small arrays.
-        cache = build_cache(index.samples, size, cache_dir, num_workers=max(0, d.workers),
-                            on_error=d.on_error)
+    cache_dir = Path(d.cache_dir) if d.cache_dir else (
+        Path(cfg.train.out_dir).parent / ".cache" / f"{Path(d.root).resolve().name}_{size[0]}x{size[1]}")
+    # The cache stores everything at the model size: augmentation then works on small arrays.
+    # A fresh cache is reused as it is (build_cache checks sizes and mtimes).
+    cache = build_cache(index.samples, size, cache_dir, num_workers=max(0, d.workers),
+                        on_error=d.on_error)
 
     def make(stems: list[str], transform) -> SegmentationDataset:
         # uint8 out of the workers, normalised on the device: keeps up with the GPU at 1024².

@@ -63,7 +63,7 @@ def train(cfg: Config, resume: bool = True) -> dict[str, Any]:
     from ..models._hub import from_pretrained
     from .checkpoint import find_checkpoint
     from .data_setup import build_datasets
-    from .distributed import init_distributed
+    from .distributed import barrier, init_distributed
     from .losses import build_loss
     from .trainer import Trainer, seed_everything
 
@@ -71,12 +71,11 @@ def train(cfg: Config, resume: bool = True) -> dict[str, Any]:
     seed_everything(cfg.train.seed, cfg.train.deterministic)  # the initial weights depend on it
     model = build_model(cfg)
     num_classes = int(model.config.num_classes)
-    data = build_datasets(cfg, num_classes, int(model.config.in_chans), build_cache_now=info.is_main)
-    if info.enabled:
-        from .distributed import barrier
-        barrier(info)
-        if not info.is_main:  # the cache exists now; open it read-only
-            data = build_datasets(cfg, num_classes, int(model.config.in_chans), build_cache_now=True)
+    # Rank 0 builds the pre-resize cache first; the others then open the finished cache.
+    data = build_datasets(cfg, num_classes, int(model.config.in_chans)) if info.is_main else None
+    barrier(info)
+    if data is None:
+        data = build_datasets(cfg, num_classes, int(model.config.in_chans))
     try:
         loss = build_loss(cfg.loss.name, num_classes, **cfg.loss.kwargs)
     except (TypeError, ValueError) as exc:
@@ -105,7 +104,7 @@ def train(cfg: Config, resume: bool = True) -> dict[str, Any]:
                            for k in ("model_resolution", "original_resolution")}
     trainer.close()
     if info.is_main:
-        from ..models._base import atomic_write_bytes
+        from ..atomic import atomic_write_bytes
         atomic_write_bytes(Path(cfg.train.out_dir) / "summary.json",
                            (json.dumps(summary, indent=2) + "\n").encode())
     return summary
