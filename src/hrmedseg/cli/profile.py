@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models._base import atomic_write_bytes
+    from ..atomic import atomic_write_bytes
     from ..profiling import format_table, profile_model
 
     import torch

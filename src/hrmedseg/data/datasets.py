@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..atomic import atomic_write_bytes
 from .io import (
     ImageReadError,
-    _atomic_write_bytes,
     is_image_file,
     is_lossy,
     mask_to_labels,
@@ -594,7 +594,7 @@ def build_cache(
         for suffix, arr in ((".img.npy", img), (".mask.npy", mask)):
             buf = _NpyBuffer()
             np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
-            _atomic_write_bytes(cdir / (name + suffix), buf.getvalue())
+            atomic_write_bytes(cdir / (name + suffix), buf.getvalue())
         return s.stem, {"image_file": name + ".img.npy", "mask_file": name + ".mask.npy",
                         "orig_size": [int(orig[0]), int(orig[1])], "sources": sig}
 
@@ -618,7 +618,7 @@ def build_cache(
                     entries.pop(stem, None)
                 bar.update(1)
     manifest = {"version": CACHE_VERSION, "size": list(hw), "entries": entries}
-    _atomic_write_bytes(cdir / _MANIFEST, json.dumps(manifest, indent=1).encode())
+    atomic_write_bytes(cdir / _MANIFEST, json.dumps(manifest, indent=1).encode())
     return PreResizeCache(cdir)
 
 

@@ -576,9 +576,6 @@ def normalize(
 
 
 # --------------------------------------------------------------------------- writers
-_atomic_write_bytes = atomic_write_bytes
-
-
 def _png_bytes(im: Image.Image) -> bytes:
     buf = _io.BytesIO()
     im.save(buf, format="PNG", compress_level=6)
@@ -613,7 +610,7 @@ def write_mask_png(path: PathLike, mask: np.ndarray, *, palette: bool | np.ndarr
             full = np.zeros((256, 3), np.uint8)
             full[: min(256, len(colors))] = colors[:256]
             im.putpalette(full.ravel().tolist())
-    return _atomic_write_bytes(path, _png_bytes(im))
+    return atomic_write_bytes(path, _png_bytes(im))
 
 
 def write_image_png(path: PathLike, img: np.ndarray) -> Path:
@@ -644,8 +641,8 @@ def write_image_png(path: PathLike, img: np.ndarray) -> Path:
         ok, enc = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(a), code))
         if not ok:
             raise ValueError("PNG encoding failed")
-        return _atomic_write_bytes(path, enc.tobytes())
-    return _atomic_write_bytes(path, _png_bytes(Image.fromarray(np.ascontiguousarray(a))))
+        return atomic_write_bytes(path, enc.tobytes())
+    return atomic_write_bytes(path, _png_bytes(Image.fromarray(np.ascontiguousarray(a))))
 
 
 # --------------------------------------------------------------------------- visualisation

@@ -264,7 +264,7 @@ def run_compare(spec: CompareSpec, out_dir: str | Path | None = None, device: st
                 train_fn: Callable[[Config], dict[str, Any]] | None = None,
                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train (or resume, or skip when complete) every model, then write the comparison table."""
-    from ..models._base import atomic_write_bytes
+    from ..atomic import atomic_write_bytes
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     if train_fn is None:

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..atomic import atomic_write_bytes  # noqa: F401  (re-exported: older imports use this path)
+from ..atomic import atomic_write_bytes
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

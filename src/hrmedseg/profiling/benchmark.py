@@ -354,7 +354,7 @@ def benchmark_meta(device: str, size: tuple[int, int], batch: int, dtypes: Seque
 def write_benchmark(rows: Sequence[BenchmarkRow], out_dir: str | Path, meta: Mapping[str, Any],
                     dice: Mapping[str, float] | None = None) -> dict[str, Path]:
     """Write ``benchmark.json``, ``benchmark.md`` and ``benchmark.png`` into ``out_dir``."""
-    from ..models._base import atomic_write_bytes
+    from ..atomic import atomic_write_bytes
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

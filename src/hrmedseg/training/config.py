@@ -243,5 +243,5 @@ def validate(cfg: Config) -> None:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    from ..models._base import atomic_write_bytes
+    from ..atomic import atomic_write_bytes
     atomic_write_bytes(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())

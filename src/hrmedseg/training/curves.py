@@ -12,7 +12,7 @@ def plot_training_curves(csv_path: Path, png_path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from ..models._base import atomic_write_bytes
+    from ..atomic import atomic_write_bytes
 
     rows = list(csv.DictReader(open(csv_path)))
     if not rows:

@@ -299,7 +299,7 @@ class Trainer:
             "train_samples": len(self.train_set),  # type: ignore[arg-type]
             "val_samples": len(self.val_set) if self.val_set is not None else 0,  # type: ignore[arg-type]
         }
-        from ..models._base import atomic_write_bytes
+        from ..atomic import atomic_write_bytes
         name = "env.json" if not resumed else f"env_resume_step{self.global_step}.json"
         atomic_write_bytes(self.run_dir / name, (json.dumps(env, indent=2) + "\n").encode())
 
