@@ -1,6 +1,6 @@
 """Pack a dataset of ../shared/data compactly for a GPU run (<= 64 MiB travels per call).
 
-Decodes every pair once and stores it lean: images as RGB PNG (lossless) or JPEG (for datasets
+Decodes every pair once and stores it lean: images as RGB PNG (lossless), JPEG or WebP (for datasets
 that are JPEG already, re-encoded at high quality), optionally downscaled so the longer side is
 at most --max-side, masks as 1-bit PNG; splits.json is copied. The output is an images/ +
 masks/ folder that `hrmedseg train` reads directly. Not for git: write into an ignored folder.
@@ -22,7 +22,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("src", type=Path)
     ap.add_argument("dst", type=Path)
-    ap.add_argument("--format", choices=["png", "jpg"], default="png")
+    ap.add_argument("--format", choices=["png", "jpg", "webp"], default="png")
     ap.add_argument("--quality", type=int, default=95)
     ap.add_argument("--max-side", type=int, default=0)
     args = ap.parse_args()
@@ -44,10 +44,15 @@ def main() -> None:
             im, mk = im.resize(new, Image.BILINEAR), mk.resize(new, Image.NEAREST)
         if args.format == "png":
             im.save(args.dst / "images" / f"{s.stem}.png", optimize=True)
+        elif args.format == "webp":
+            im.save(args.dst / "images" / f"{s.stem}.webp", quality=args.quality, method=6)
         else:
             im.save(args.dst / "images" / f"{s.stem}.jpg", quality=args.quality)
         mk.convert("1").save(args.dst / "masks" / f"{s.stem}.png", optimize=True)
-    shutil.copy(args.src / "splits.json", args.dst / "splits.json")
+    if (args.src / "splits.json").is_file():
+        shutil.copy(args.src / "splits.json", args.dst / "splits.json")
+    elif getattr(index, "official_splits", None):  # e.g. DRIVE's training/ and test/ folders
+        (args.dst / "splits.json").write_text(json.dumps(index.official_splits, indent=1))
     print(json.dumps({"pairs": len(index), "dst": str(args.dst)}))
 
 

@@ -44,3 +44,24 @@ def test_bad_files(tmp_path):
 def test_all_shipped_recipes_load():
     for name in ("paper", "herseg", "qtseg"):
         load_config(name)
+
+
+def test_default_recipe_file_equals_the_dataclass_defaults():
+    from hrmedseg.training.config import Config, load_config
+    assert load_config("default").to_dict() == Config().to_dict()
+    assert load_config("paper").model.pretrained == "none"
+
+
+def test_time_horizon_schedule_follows_the_budget():
+    from hrmedseg.training.config import ConfigError, load_config
+    from hrmedseg.training.trainer import lr_factor
+    with pytest.raises(ConfigError, match="time_limit_min"):
+        load_config(None, ["schedule.horizon=time"])
+    with pytest.raises(ConfigError, match="cosine or constant"):
+        load_config(None, ["schedule.horizon=time", "train.time_limit_min=1",
+                           "schedule.name=exponential"])
+    cfg = load_config(None, ["schedule.horizon=time", "train.time_limit_min=1",
+                             "schedule.warmup_epochs=0"])
+    assert lr_factor(cfg, 0.0, 0.0) == pytest.approx(1.0)
+    assert lr_factor(cfg, 50.0, 0.5) == pytest.approx(0.5)
+    assert lr_factor(cfg, 3.0, 1.0) == pytest.approx(0.0, abs=1e-12)

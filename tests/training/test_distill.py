@@ -155,3 +155,24 @@ def test_distill_cli(tmp_path, images, monkeypatch):
     from hrmedseg.models._pretrained import sha256_of
     assert man["teacher_sha256"] == sha256_of(ckpt)
     assert (tmp_path / "clirun" / "student" / "model.safetensors").is_file()
+
+
+def test_explicit_heldout_images_and_time_budget(tmp_path, images):
+    """--val-images replaces the fraction split (never trained on); a time budget stops the run
+    mid-epoch, scores the partial epoch, and a rerun with the budget spent does not train."""
+    val = make_images(tmp_path / "heldout", n=3, seed=1)
+    teacher = tiny_teacher()
+    cfg = cfg_for(tmp_path, val_images=[str(val)], epochs=50, time_limit_min=0.02, augment="strong")
+    d = Distiller(cfg, teacher=teacher, progress=False)
+    assert len(d.val_paths) == 3 and len(d.train_paths) == 10
+    assert not {p.resolve() for p in d.val_paths} & {p.resolve() for p in d.train_paths}
+    s = d.fit()
+    assert s["stopped_early"] and s["epochs_done"] < 50
+    state = load_state(tmp_path / "run" / "checkpoints" / "last")
+    assert state["elapsed_s"] >= 0.02 * 60
+    assert (tmp_path / "run" / "student" / "model.safetensors").is_file()
+    rows = read_csv(tmp_path / "run" / "metrics.csv")
+    assert rows[-1]["val_loss"] != ""
+    step = state["global_step"]
+    s2 = Distiller(cfg, teacher=teacher, progress=False).fit()
+    assert s2["resumed"] and s2["global_step"] == step

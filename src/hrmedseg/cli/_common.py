@@ -18,6 +18,9 @@ def samples_for_split(data: str, split: str, splits: str | None) -> tuple[Any, l
     samples = list(index.samples)
     if split != "all":
         sp = Path(splits) if splits else Path(data) / "splits.json"
+        official = getattr(index, "official_splits", None)
+        if not sp.is_file() and not splits and official and split in official:
+            return index, index.subset(list(official[split]))   # e.g. DRIVE's training/ + test/
         if not sp.is_file():
             raise FileNotFoundError(f"{sp}: no splits file; pass --splits or --split all")
         samples = index.subset(list(load_splits(sp)[split]))

@@ -6,7 +6,7 @@ import argparse
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check-dataset", help="verify a dataset: pairs, sizes, label values, readability")
-    p.add_argument("root", help="dataset folder (images/ + masks/, or nnU-Net raw layout)")
+    p.add_argument("root", help="dataset folder (images/ + masks/, nnU-Net raw or DRIVE layout)")
     p.add_argument("--num-classes", type=int, default=None, help="expected classes (default: infer)")
     p.set_defaults(func=run, verb="check_dataset")
 
@@ -16,7 +16,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .main import UserError
     try:
-        n = len(discover_pairs(args.root))
+        index = discover_pairs(args.root)
     except ValueError as exc:  # not a dataset layout: the message says what was expected
         raise UserError(str(exc)) from None
     problems = check_dataset(args.root, num_classes=args.num_classes)
@@ -25,6 +25,8 @@ def run(args: argparse.Namespace) -> int:
         print(str(pr))
     errors = sum(p.severity == "error" for p in problems)
     warnings = sum(p.severity == "warning" for p in problems)
-    print(f"{n} pairs checked: {errors} errors, {warnings} warnings, "
+    if index.official_splits is not None:
+        print("official split: " + ", ".join(f"{len(v)} {k}" for k, v in index.official_splits.items()))
+    print(f"{len(index)} pairs checked: {errors} errors, {warnings} warnings, "
           f"{len(problems) - errors - warnings} notes")
     return 1 if errors else 0

@@ -34,6 +34,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--val-images", nargs="*", default=[],
+                   help="held-out image folders (instead of a --val-fraction of --images)")
+    p.add_argument("--time-limit-min", type=float, default=0.0,
+                   help="stop after this many minutes of training, resumes included (0 = off)")
     p.add_argument("--augment", default="none", choices=["none", "strong"])
     p.add_argument("--teacher-cache", help="embedding cache folder (default RUN/teacher_cache)")
     p.add_argument("--seed", type=int, default=0)
@@ -60,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
                             batch_size=args.batch, lr=args.lr, size=args.size, device=args.device,
                             precision=args.precision, val_fraction=args.val_fraction,
                             augment=args.augment, teacher_cache=args.teacher_cache, seed=args.seed,
-                            max_steps=args.max_steps, workers=args.workers)
+                            max_steps=args.max_steps, workers=args.workers,
+                            val_images=args.val_images, time_limit_min=args.time_limit_min)
         summary = distill(cfg)
     except ValueError as exc:
         raise UserError(str(exc)) from None

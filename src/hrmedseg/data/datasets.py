@@ -1,8 +1,9 @@
 """Finding image/mask pairs on disk, checking them, and serving them to PyTorch.
 
 Why this module exists: most failed trainings on new data are data problems (a missing mask, a mask
-of the wrong size, a JPEG mask full of noise, a stray label 17). ``discover_pairs`` understands the two
-layouts people actually ship (``images/`` + ``masks/`` folders, and the nnU-Net raw layout),
+of the wrong size, a JPEG mask full of noise, a stray label 17). ``discover_pairs`` understands the
+layouts people actually ship (``images/`` + ``masks/`` folders, the nnU-Net raw layout, and the
+official DRIVE download with its train/test split),
 ``check_dataset`` reads every file once and reports all problems at once, ``SegmentationDataset``
 serves samples in the package convention, and ``build_cache`` removes the cost of decoding large
 JPEG/PNG files every epoch.
@@ -55,16 +56,24 @@ _IMAGE_DIRS = ("images", "imgs", "image", "img")
 # Singular "mask" is deliberately absent: DRIVE-style data use mask/ for the field of view, not labels.
 _MASK_DIRS = ("masks", "labels", "label", "annotations", "gt", "ground_truth")
 _NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
+# DRIVE (retinal vessels): split folder -> split name; labels in 1st_manual/, field of view in mask/.
+_DRIVE_SPLITS = (("training", "train"), ("test", "test"))
+_DRIVE_IMAGES, _DRIVE_MANUAL, _DRIVE_FOV = "images", "1st_manual", "mask"
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One image/mask pair. ``extra_channels`` holds further channel files (nnU-Net _0001, ...)."""
+    """One image/mask pair. ``extra_channels`` holds further channel files (nnU-Net _0001, ...).
+
+    ``fov_mask_path`` is a field-of-view mask where the layout ships one (DRIVE ``mask/``): it marks
+    the valid image area, it is not a label, and nothing is trained on it.
+    """
 
     stem: str
     image_path: Path
     mask_path: Path
     extra_channels: tuple[Path, ...] = ()
+    fov_mask_path: Path | None = None
 
     @property
     def image_paths(self) -> tuple[Path, ...]:
@@ -76,18 +85,21 @@ class DatasetIndex(Sequence[Sample]):
     """Result of :func:`discover_pairs`: the samples (sorted by stem, usable as a list) plus metadata.
 
     ``class_names`` is known for nnU-Net datasets (from ``dataset.json`` ``labels``), else None.
+    ``official_splits`` is the split that comes with the layout (DRIVE: ``{"train": training/,
+    "val": [], "test": test/}``, stems sorted), else None.
     Unpaired files and duplicate stems are kept so that :func:`check_dataset` can report them;
     duplicated stems are left out of ``samples`` rather than guessed.
     """
 
     root: Path
-    layout: Literal["folder", "nnunet"]
+    layout: Literal["folder", "nnunet", "drive"]
     samples: list[Sample]
     class_names: list[str] | None = None
     channel_names: list[str] | None = None
     unpaired_images: list[Path] = field(default_factory=list)
     unpaired_masks: list[Path] = field(default_factory=list)
     duplicates: dict[str, list[Path]] = field(default_factory=dict)
+    official_splits: dict[str, list[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -226,6 +238,80 @@ def _discover_nnunet(root: Path) -> DatasetIndex:
                         sorted(unpaired_images), unpaired_masks, {})
 
 
+def _drive_key(stem: str) -> str:
+    """DRIVE files of one eye share the number before the first underscore (21_training, 21_manual1)."""
+    return stem.split("_", 1)[0]
+
+
+def _by_key(files: Sequence[Path]) -> dict[str, list[Path]]:
+    out: dict[str, list[Path]] = {}
+    for p in files:
+        out.setdefault(_drive_key(split_ext(p)[0]), []).append(p)
+    return out
+
+
+def _is_drive_part(d: Path) -> bool:
+    return (d / _DRIVE_IMAGES).is_dir() and (d / _DRIVE_MANUAL).is_dir()
+
+
+def _discover_drive(root: Path) -> DatasetIndex:
+    """DRIVE: ``{training,test}/images/NN_*.tif`` with labels ``1st_manual/NN_manual1.gif`` and field of
+    view ``mask/NN_*_mask.gif``, paired by the number NN. ``root`` is the DRIVE folder (the official
+    split is then known) or one of its split folders. An image without a manual mask raises
+    ValueError naming every such file; a split folder without 1st_manual/ at all (unlabelled test
+    images, as some redistributions ship them) is left out with a warning."""
+    single = _is_drive_part(root)
+    parts = [(root, None)] if single else [(root / sub, name) for sub, name in _DRIVE_SPLITS]
+    official: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    unpaired_masks: list[Path] = []
+    duplicates: dict[str, list[Path]] = {}
+    missing: list[str] = []
+    seen: dict[str, Sample] = {}
+    for folder, split in parts:
+        if not (folder / _DRIVE_IMAGES).is_dir():
+            continue
+        if not (folder / _DRIVE_MANUAL).is_dir():
+            log.warning("%s: no %s/ folder: its images have no vessel labels and are left out",
+                        folder, _DRIVE_MANUAL)
+            continue
+        images = _by_key(_list_images(folder / _DRIVE_IMAGES))
+        manuals = _by_key(_list_images(folder / _DRIVE_MANUAL))
+        fovs = _by_key(_list_images(folder / _DRIVE_FOV)) if (folder / _DRIVE_FOV).is_dir() else {}
+        for key in sorted(manuals):
+            if key not in images:
+                unpaired_masks.extend(manuals[key])
+        for key in sorted(images):
+            ims, ms = images[key], manuals.get(key, [])
+            if len(ims) > 1 or len(ms) > 1:
+                duplicates[key if single else f"{folder.name}/{key}"] = ims + ms
+                continue
+            img = ims[0]
+            if not ms:
+                missing.append(f"{img.relative_to(root)} (expected {(folder / _DRIVE_MANUAL).relative_to(root)}"
+                               f"/{key}_manual1.gif)")
+                continue
+            fov = fovs.get(key, [])
+            s = Sample(split_ext(img)[0], img, ms[0], fov_mask_path=fov[0] if len(fov) == 1 else None)
+            if s.stem in seen:  # the same stem in training/ and test/: neither is guessed
+                duplicates[s.stem] = [seen.pop(s.stem).image_path, img]
+                continue
+            if s.stem in duplicates:
+                duplicates[s.stem].append(img)
+                continue
+            seen[s.stem] = s
+            if split is not None:
+                official[split].append(s.stem)
+    if missing:
+        shown = ", ".join(missing[:10]) + (f", ... ({len(missing) - 10} more)" if len(missing) > 10 else "")
+        raise ValueError(f"{root}: DRIVE layout: {len(missing)} image(s) without a manual vessel mask "
+                         f"in {_DRIVE_MANUAL}/: {shown}")
+    samples = [seen[k] for k in sorted(seen)]
+    kept = set(seen)
+    splits = None if single else {k: sorted(s for s in v if s in kept) for k, v in official.items()}
+    return DatasetIndex(root, "drive", samples, None, None, [], sorted(unpaired_masks), duplicates,
+                        official_splits=splits)
+
+
 def discover_pairs(
     root: PathLike,
     *,
@@ -235,24 +321,36 @@ def discover_pairs(
 ) -> DatasetIndex:
     """Find image/mask pairs under ``root`` and return them sorted by stem, with layout metadata.
 
-    Layouts: nnU-Net raw (``dataset.json`` + ``imagesTr/{case}_0000.ext`` + ``labelsTr/{case}.ext``) or
+    Layouts: nnU-Net raw (``dataset.json`` + ``imagesTr/{case}_0000.ext`` + ``labelsTr/{case}.ext``);
+    DRIVE (``training/`` and ``test/``, each with ``images/NN_training.tif`` + ``1st_manual/NN_manual1.gif``
+    and the field-of-view ``mask/``; stems are the image names, e.g. ``21_training``, ``01_test``; the
+    official split is in ``official_splits``; also one such split folder alone); or
     folders (``images/`` + ``masks/``, also ``imgs``/``labels``/``annotations``/``gt``...), where a mask
     matches an image with the same stem, possibly followed by one of ``mask_suffixes``
     (``_mask``, ``_segmentation``, ...), in any extension. Raises FileNotFoundError/ValueError when
-    ``root`` is not a recognised layout.
+    ``root`` is not a recognised layout, and ValueError naming the files when a DRIVE image has no
+    manual mask.
     """
     r = Path(root)
     if not r.is_dir():
         raise FileNotFoundError(f"{r}: dataset folder not found")
     if (r / "dataset.json").is_file() and (r / "imagesTr").is_dir():
         return _discover_nnunet(r)
+    if image_dir is None and mask_dir is None:
+        if _is_drive_part(r) or any(_is_drive_part(r / sub) for sub, _ in _DRIVE_SPLITS):
+            return _discover_drive(r)
+        if any((r / sub / _DRIVE_IMAGES).is_dir() for sub, _ in _DRIVE_SPLITS) and \
+                _pick_dir(r, None, _IMAGE_DIRS) is None:
+            raise ValueError(f"{r}: looks like the DRIVE layout (training/images/, test/images/) but no "
+                             f"{_DRIVE_MANUAL}/ folder with the vessel labels was found beside images/")
     idir = _pick_dir(r, image_dir, _IMAGE_DIRS)
     mdir = _pick_dir(r, mask_dir, _MASK_DIRS)
     if idir is None or mdir is None:
         found = ", ".join(sorted(p.name for p in r.iterdir() if p.is_dir())) or "none"
         raise ValueError(
             f"{r}: not a recognised dataset layout; expected images/ + masks/ folders (or pass "
-            "image_dir=/mask_dir=) or the nnU-Net raw layout (dataset.json, imagesTr/, labelsTr/); "
+            "image_dir=/mask_dir=), the nnU-Net raw layout (dataset.json, imagesTr/, labelsTr/) or the "
+            "DRIVE layout (training/ and test/ with images/ + 1st_manual/); "
             f"sub-folders found: {found}")
     return _discover_folder(r, idir, mdir, mask_suffixes)
 

@@ -39,7 +39,7 @@ __all__ = [
 
 PathLike = str | os.PathLike
 
-_PILLOW_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif"})
+_PILLOW_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"})
 _TIFF_EXTS = frozenset({".tif", ".tiff"})
 _DICOM_EXTS = frozenset({".dcm", ".dicom"})
 _NIFTI_EXTS = frozenset({".nii", ".nii.gz"})
@@ -48,7 +48,7 @@ _COMPOUND_EXTS = (".nii.gz", ".ome.tiff", ".ome.tif")
 #: File extensions (lower case, with dot) that :func:`read_image` understands.
 IMAGE_EXTENSIONS: frozenset[str] = _PILLOW_EXTS | _TIFF_EXTS | _DICOM_EXTS | _NIFTI_EXTS
 #: Lossy formats: masks stored this way are thresholded instead of read as labels.
-LOSSY_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg"})
+LOSSY_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".webp"})
 #: Pixel limit used instead of Pillow's global decompression-bomb limit (about 89 Mpx), which
 #: whole-slide and fundus images exceed. Applied only while this module decodes a file.
 MAX_PIXELS: int = 1 << 31
@@ -234,6 +234,10 @@ def _read_tiff(path: Path, palette_indices: bool) -> np.ndarray:
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001
+        if "imagecodecs" in str(exc):
+            # Compressions tifffile decodes only through the optional imagecodecs package
+            # (LZW in the DRIVE download, say): Pillow decodes the common ones itself.
+            return _read_tiff_pillow(path, palette_indices, exc)
         raise ImageReadError(path, f"corrupt or unreadable TIFF ({_short(exc)})") from None
     if colormap is not None and not palette_indices:
         cmap = np.asarray(colormap)
@@ -241,6 +245,18 @@ def _read_tiff(path: Path, palette_indices: bool) -> np.ndarray:
             cmap = (cmap // 257).astype(np.uint8)
         arr = np.moveaxis(cmap.astype(np.uint8)[:, arr], 0, -1)
     return arr
+
+
+def _read_tiff_pillow(path: Path, palette_indices: bool, cause: Exception) -> np.ndarray:
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            if im.mode == "P" and not palette_indices:
+                im = im.convert("RGB")
+            return np.asarray(im).copy()
+    except Exception:  # noqa: BLE001
+        raise ImageReadError(path, f"TIFF compression needs the imagecodecs package "
+                                   f"(pip install imagecodecs): {_short(cause)}") from None
 
 
 def _read_dicom(path: Path) -> np.ndarray:

@@ -40,6 +40,7 @@ class PretrainedWeight:
     metrics: dict[str, Any] = field(default_factory=dict)
     preprocess: dict[str, Any] = field(default_factory=dict)   # size + normalisation it expects
     notes: str = ""
+    teacher: str = ""                 # distilled weights: the teacher they learned from
 
     def path(self) -> Path:
         return Path(str(resources.files("hrmedseg") / "weights" / self.file))

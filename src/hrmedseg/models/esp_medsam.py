@@ -62,8 +62,9 @@ SAM's pixel mean/std on 0-255); height and width must be multiples of 32 (16 for
 times 2 for the SPPG patch merge). MobileSAM weights load with ``pretrained="…/mobile_sam.pt"``
 (see :func:`load_mobile_sam_weights`).
 
-Not here: the MMDKD distillation (eq. 1) training loop — the model exposes
-:meth:`ESPMedSAM.image_embeddings` (student features with or without a controller bag) for it.
+MMDKD distillation (eq. 1) and multi-dataset training (``hrmedseg train-esp``) live in
+:mod:`hrmedseg.training.esp_training`; they use :meth:`ESPMedSAM.image_embeddings` (student
+features with or without a controller bag).
 """
 from __future__ import annotations
 

@@ -1,11 +1,15 @@
 """From a :class:`Config` to the datasets a run needs (the trainer itself knows no file formats)."""
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import Config, ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -17,8 +21,15 @@ class RunData:
     preprocess: dict[str, Any]
 
 
-def split_stems(cfg: Config, stems: list[str]) -> tuple[list[str], list[str], list[str]]:
-    """train/val/test stems from a splits file, the k-fold protocol, or a seeded 80/10/10."""
+def split_stems(
+    cfg: Config,
+    stems: list[str],
+    official: Mapping[str, Sequence[str]] | None = None,
+) -> tuple[list[str], list[str], list[str]]:
+    """train/val/test stems, from the first that applies: the k-fold protocol (``data.kfold``), a
+    splits file (``data.splits`` or ``<root>/splits.json``), the dataset's ``official`` split (e.g.
+    :attr:`DatasetIndex.official_splits` of DRIVE, looked up by ``data.train_split``/``val_split``/
+    ``test_split``), or a seeded 80/10/10."""
     from ..data.splits import kfold_splits, load_splits, random_split
 
     d = cfg.data
@@ -32,6 +43,13 @@ def split_stems(cfg: Config, stems: list[str]) -> tuple[list[str], list[str], li
         return list(sp[d.train_split]), list(sp[d.val_split] or []), list(sp[d.test_split] or [])
     if d.splits:
         raise ConfigError(f"data.splits: {split_file} not found")
+    if official is not None:
+        train, val, test = (list(official.get(n) or []) for n in (d.train_split, d.val_split, d.test_split))
+        if not train:
+            raise ConfigError(f"{root}: the dataset's official split has no {d.train_split!r} pairs "
+                              f"(it has {', '.join(f'{k}: {len(v)}' for k, v in official.items())})")
+        log.info("using the dataset's official split: %d train, %d val, %d test", len(train), len(val), len(test))
+        return train, val, test
     parts = random_split(stems, (0.8, 0.1, 0.1), seed=cfg.train.seed)
     return parts["train"], parts["val"], parts["test"]
 
@@ -51,7 +69,7 @@ def build_datasets(cfg: Config, num_classes: int, in_chans: int) -> RunData:
         raise ConfigError(f"data.root: {exc}") from None
     if len(index) == 0:
         raise ConfigError(f"{d.root}: no image/mask pairs found")
-    train_s, val_s, test_s = split_stems(cfg, index.stems)
+    train_s, val_s, test_s = split_stems(cfg, index.stems, index.official_splits)
     size = tuple(d.size)
     cache_dir = Path(d.cache_dir) if d.cache_dir else (
         Path(cfg.train.out_dir).parent / ".cache" / f"{Path(d.root).resolve().name}_{size[0]}x{size[1]}")

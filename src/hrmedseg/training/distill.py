@@ -79,10 +79,14 @@ class DistillConfig:
     seed: int = 0
     max_steps: int = 0                        # stop (and save) after this many steps in total
     workers: int = 0
+    val_images: list[str] = field(default_factory=list)   # explicit held-out images (folders/files)
+    time_limit_min: float = 0.0               # stop (and save) after this much training time
 
     def __post_init__(self) -> None:
         self.images = [str(p) for p in ([self.images] if isinstance(self.images, (str, Path))
                                         else self.images)]
+        self.val_images = [str(p) for p in ([self.val_images] if isinstance(self.val_images, (str, Path))
+                                            else self.val_images)]
         if self.augment not in ("none", "strong"):
             raise ValueError(f"augment must be 'none' or 'strong', got {self.augment!r}")
         if self.precision not in AMP:
@@ -154,6 +158,19 @@ class _ImageSet(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
         return i, load_rgb255(self.paths[i])
+
+
+class _OrderSampler(torch.utils.data.Sampler):
+    """Yields the current epoch's order (set before each epoch; lives in the main process)."""
+
+    def __init__(self) -> None:
+        self.order: list[int] = []
+
+    def __iter__(self):
+        return iter(list(self.order))
+
+    def __len__(self) -> int:
+        return len(self.order)
 
 
 def _collate_list(items: list[tuple[int, torch.Tensor]]) -> tuple[list[int], list[torch.Tensor]]:
@@ -355,7 +372,14 @@ class Distiller:
                        if n.split(".", 1)[0] in ("encoder", "neck") and n not in unused]
         self.opt = torch.optim.Adam(self.params, lr=cfg.lr)
         paths = find_images(cfg.images)
-        self.train_paths, self.val_paths = split_images(paths, cfg.val_fraction, cfg.seed)
+        if cfg.val_images:   # a held-out set given explicitly (e.g. the datasets' val splits)
+            self.val_paths = find_images(cfg.val_images)
+            held = {p.resolve() for p in self.val_paths}
+            self.train_paths = [p for p in paths if p.resolve() not in held]
+        else:
+            self.train_paths, self.val_paths = split_images(paths, cfg.val_fraction, cfg.seed)
+        if not self.train_paths:
+            raise ValueError("no training images left after taking out the held-out images")
         self.teacher_sha = teacher_identity(self.teacher, cfg.teacher if teacher is None else None)
         cache_dir = Path(cfg.teacher_cache) if cfg.teacher_cache else self.run_dir / "teacher_cache"
         self.cache = TeacherCache(cache_dir, self.teacher_sha, preprocess_description(self.teacher))
@@ -363,6 +387,9 @@ class Distiller:
         self.amp = AMP[cfg.precision]
         self.epoch, self.batch_in_epoch, self.global_step = 0, 0, 0
         self.best: float | None = None
+        self.elapsed_before = 0.0               # training seconds of earlier sessions (resume)
+        self._order_sampler = _OrderSampler()
+        self._train_loader: Any = None
 
     # -- helpers ----------------------------------------------------------------------------
     def _autocast(self):
@@ -387,6 +414,17 @@ class Distiller:
             ds = torch.utils.data.Subset(ds, list(order))
         return torch.utils.data.DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=False,
                                            num_workers=self.cfg.workers, collate_fn=_collate_list)
+
+    def _train_batches(self, order: Sequence[int]):
+        """Training batches in ``order``; one loader (workers kept alive) for the whole run."""
+        self._order_sampler.order = list(order)
+        if self._train_loader is None:
+            w = self.cfg.workers
+            self._train_loader = torch.utils.data.DataLoader(
+                _ImageSet(self.train_paths), batch_size=self.cfg.batch_size,
+                sampler=self._order_sampler, num_workers=w, collate_fn=_collate_list,
+                persistent_workers=w > 0, prefetch_factor=4 if w > 0 else None)
+        return self._train_loader
 
     def fill_cache(self) -> int:
         """Embed every image the cache lacks (held-out images always; training images when
@@ -428,6 +466,7 @@ class Distiller:
                 "global_step": self.global_step, "best_val_mse": self.best,
                 "optimizer": self.opt.state_dict(), "torch_rng": torch.get_rng_state(),
                 "batch_size": self.cfg.batch_size, "size": self.cfg.size,
+                "elapsed_s": self._elapsed(),
                 "teacher_sha256": self.teacher_sha, "augment": self.cfg.augment}
 
     def _metadata(self) -> dict[str, Any]:
@@ -457,6 +496,7 @@ class Distiller:
         torch.set_rng_state(state["torch_rng"])
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
         self.global_step, self.best = int(state["global_step"]), state["best_val_mse"]
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
         return True
 
     def save_student(self) -> Path:
@@ -477,6 +517,10 @@ class Distiller:
             raise
         return final
 
+    def _elapsed(self) -> float:
+        start = getattr(self, "_session_start", None)
+        return self.elapsed_before + (time.monotonic() - start if start else 0.0)
+
     # -- training ---------------------------------------------------------------------------
     def _order(self, epoch: int) -> list[int]:
         g = torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch)
@@ -488,7 +532,9 @@ class Distiller:
             for i, im in zip(idx, imgs):
                 g = torch.Generator().manual_seed(
                     (self.cfg.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
-                views.append(augment_view(im, g))
+                # The view is cut, resized and jittered where the networks run (GPU): the
+                # random numbers come from the CPU generator, so views do not depend on device.
+                views.append(augment_view(im.to(self.device, non_blocking=True), g))
             x = self.preprocess(views)
             return x, self.teacher_embed(x)
         x = self.preprocess(imgs)
@@ -554,6 +600,8 @@ class Distiller:
             self._append_csv({"epoch": 0, "step": 0, "val_loss": "" if v is None else round(v, 6)})
         per_epoch = max(1, math.ceil(len(self.train_paths) / cfg.batch_size))
         stopped = False
+        steps_at_start = self.global_step
+        self._session_start = time.monotonic()
         self.student.train()
         self.teacher.eval()
         while self.epoch < cfg.epochs and not stopped:
@@ -562,7 +610,10 @@ class Distiller:
             bar = tqdm(total=per_epoch, initial=self.batch_in_epoch, unit="batch",
                        desc=f"distill {self.epoch + 1}/{cfg.epochs}", disable=not self.progress,
                        file=sys.stderr)
-            for idx, imgs in self._loader(self.train_paths, order):
+            for idx, imgs in self._train_batches(order):
+                if cfg.time_limit_min and self._elapsed() > 60 * cfg.time_limit_min:
+                    stopped = True      # budget already spent (e.g. rerun of a finished run)
+                    break
                 x, y = self._targets(idx, imgs)
                 loss = self.train_step(x, y)
                 self.batch_in_epoch += 1
@@ -596,6 +647,20 @@ class Distiller:
                           f"mse {row['val_loss']}", file=sys.stderr, flush=True)
             else:
                 self.save()
+        self._train_loader = None
+        timed_out = stopped and not (cfg.max_steps and self.global_step >= cfg.max_steps)
+        if timed_out and self.batch_in_epoch > 0 and self.global_step > steps_at_start:
+            # The budget ran out mid-epoch: score those steps too, so the shipped student is
+            # the best of everything trained.
+            v = self.validate()
+            if v is not None and (self.best is None or v <= self.best):
+                self.best = v
+                self.save_student()
+            self._append_csv({"epoch": round(self.epoch + self.batch_in_epoch / per_epoch, 3),
+                              "step": self.global_step,
+                              "val_loss": "" if v is None else round(v, 6), "lr": cfg.lr})
+            self.save()
+            plot_distill_curve(self.run_dir / "metrics.csv", self.run_dir / "curve.png")
         if not (self.run_dir / "student").is_dir() and not stopped:
             self.save_student()
         return {"run_dir": str(self.run_dir), "epochs_done": self.epoch,
@@ -615,7 +680,7 @@ def plot_distill_curve(csv_path: Path, png_path: Path) -> None:
     rows = list(csv.DictReader(open(csv_path)))
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for name, label, style in (("train_loss", "train MSE", "-"), ("val_loss", "held-out MSE", "--")):
-        pts = [(int(r["epoch"]), float(r[name])) for r in rows if r.get(name) not in (None, "")]
+        pts = [(float(r["epoch"]), float(r[name])) for r in rows if r.get(name) not in (None, "")]
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", ms=3, label=label)
     ax.set_xlabel("epoch")

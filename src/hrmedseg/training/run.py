@@ -53,6 +53,14 @@ def build_model(cfg: Config):
             return _load_distilled(pre, m.name, kwargs)
         return from_pretrained(pre)
     flag: bool | str = False if pre in ("", "none", "false") else (True if pre in ("default", "true") else pre)
+    if pre == "default":
+        # The default recipe asks for the model's shipped default weight (for HRMedSeg the
+        # distilled encoder); a model that has none simply starts from its initialisation.
+        from ..models._pretrained import list_pretrained
+        if not any(w.default for w in list_pretrained(m.name)):
+            print(f"note: {m.name} ships no default pretrained weight; training from scratch",
+                  file=sys.stderr)
+            flag = False
     return create_model(m.name, pretrained=flag, **kwargs)
 
 

@@ -58,14 +58,22 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def lr_factor(cfg: Config, epoch_float: float) -> float:
-    """Learning-rate multiplier at a (fractional) epoch: warm-up, then the schedule."""
+def lr_factor(cfg: Config, epoch_float: float, time_fraction: float | None = None) -> float:
+    """Learning-rate multiplier at a (fractional) epoch: warm-up, then the schedule.
+
+    With ``schedule.horizon = "time"`` the cosine runs over the fraction of the time budget
+    spent (``time_fraction``, 0…1) instead of over epochs; warm-up stays in epochs.
+    """
     s = cfg.schedule
     if s.warmup_epochs > 0 and epoch_float < s.warmup_epochs:
         return max(epoch_float / s.warmup_epochs, 1e-3)
     e = epoch_float - s.warmup_epochs
     base = cfg.optim.lr
     floor = s.min_lr / base if base > 0 else 0.0
+    if s.horizon == "time" and time_fraction is not None:
+        if s.name == "cosine":
+            return max(0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, time_fraction)))), floor)
+        return 1.0
     if s.name == "exponential":
         f = s.gamma ** math.floor(e)          # decays once per epoch, as the papers do
     elif s.name == "step":
@@ -156,6 +164,11 @@ class Trainer:
                                          self.info.world_size, shuffle=True, seed=cfg.train.seed)
         self.epoch, self.batch_in_epoch, self.global_step = 0, 0, 0
         self.best: float | None = None
+        # Training time of earlier sessions of this run (resume) and the start of this one:
+        # the time budget and a time-horizon schedule count both.
+        self.elapsed_before = 0.0
+        self._session_start: float | None = None
+        self._train_loader: DataLoader | None = None
 
     # -- state ----------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -164,7 +177,7 @@ class Trainer:
             "global_step": self.global_step, "best_val_dice": self.best,
             "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
             "torch_rng": torch.get_rng_state(), "world_size": self.info.world_size,
-            "global_batch": self.cfg.train.batch_size,
+            "global_batch": self.cfg.train.batch_size, "elapsed_s": self._elapsed(),
         }
         if torch.cuda.is_available():
             st["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -197,23 +210,39 @@ class Trainer:
                                f"config says {self.cfg.train.batch_size}; resume needs the same")
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
         self.global_step, self.best = int(state["global_step"]), state["best_val_dice"]
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
         return True
 
     # -- one epoch --------------------------------------------------------------------------
+    def _elapsed(self) -> float:
+        now = time.monotonic()
+        return self.elapsed_before + (now - self._session_start if self._session_start else 0.0)
+
     def _loader(self) -> DataLoader:
+        # One loader for the whole run: its workers persist across epochs (a short epoch would
+        # otherwise spend seconds starting them). The epoch reaches the workers through the
+        # sampler's (index, epoch) keys, so augmentation stays seeded per sample and epoch.
+        if self._train_loader is None:
+            self._train_loader = self._make_loader()
+        return self._train_loader
+
+    def _make_loader(self) -> DataLoader:
         workers = self.cfg.data.workers
         return DataLoader(SeededDataset(self.train_set, self.cfg.train.seed), batch_sampler=self.sampler,
                           num_workers=workers, collate_fn=_collate,
                           worker_init_fn=_worker_init if workers > 0 else None,
-                          pin_memory=self.device.type == "cuda", persistent_workers=False,
+                          pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
                           prefetch_factor=4 if workers > 0 else None,
                           # Own generator: creating an iterator must not draw from the global
                           # RNG, or a resumed run's dropout/drop-path draws would shift.
-                          generator=torch.Generator().manual_seed(self.cfg.train.seed + self.epoch))
+                          generator=torch.Generator().manual_seed(self.cfg.train.seed))
 
     def _set_lr(self) -> float:
         per_epoch = self.sampler.batches_per_epoch()
-        lr = self.cfg.optim.lr * lr_factor(self.cfg, self.epoch + self.batch_in_epoch / per_epoch)
+        frac = None
+        if self.cfg.schedule.horizon == "time" and self.cfg.train.time_limit_min > 0:
+            frac = self._elapsed() / (60.0 * self.cfg.train.time_limit_min)
+        lr = self.cfg.optim.lr * lr_factor(self.cfg, self.epoch + self.batch_in_epoch / per_epoch, frac)
         for g in self.opt.param_groups:
             g["lr"] = lr
         return lr
@@ -314,7 +343,7 @@ class Trainer:
         resumed = self.resume() if resume else False
         self._write_run_files(resumed)
         cfg = self.cfg
-        start_time = time.monotonic()
+        self._session_start = time.monotonic()
         stopped = False
         self.net.train()
         while self.epoch < cfg.train.epochs and not stopped:
@@ -341,7 +370,7 @@ class Trainer:
                     self.save("last")
                 out_of_steps = cfg.train.max_steps and self.global_step >= cfg.train.max_steps
                 out_of_time = (cfg.train.time_limit_min and
-                               time.monotonic() - start_time > 60 * cfg.train.time_limit_min)
+                               self._elapsed() > 60 * cfg.train.time_limit_min)
                 if out_of_steps or out_of_time:
                     stopped = True
                     break
@@ -382,4 +411,5 @@ class Trainer:
         return FitResult(self.run_dir, self.epoch, self.global_step, self.best, stopped)
 
     def close(self) -> None:
+        self._train_loader = None   # ends persistent workers
         cleanup(self.info)

@@ -7,9 +7,11 @@
   const MAX_W = 960, MAX_H = 720;
   const S = {
     models: [], model: null, file: null, preview: null, origW: 0, origH: 0,
-    scale: 1, boxes: [], drag: null, overlay: null, maskBitmap: null, maskBlob: null, downloadUrl: null,
+    scale: 1, sx: 1, sy: 1, boxes: [], drag: null, dragStart: null, dragPointer: null,
+    overlay: null, maskBitmap: null, maskBlob: null, downloadUrl: null,
   };
-  const api = window.hrmedseg = { state: "idle", mask: null, readMask: null };
+  // boxes(): the drawn boxes in image pixels, unrounded [[x0, y0, x1, y1], ...]
+  const api = window.hrmedseg = { state: "idle", mask: null, readMask: null, boxes: () => S.boxes.map((b) => b.slice()) };
 
   function setState(state, msg, isError) {
     api.state = state;
@@ -49,6 +51,7 @@
     if (!S.model) return;
     $("model-info").textContent = `${S.model.class_names.length} classes · input ${S.model.input_size.join("×")} · ${S.model.device}`;
     $("box-tools").hidden = !S.model.box_prompts;
+    view.classList.toggle("boxes", !!S.model.box_prompts);
     if (!S.model.box_prompts) S.boxes = [];
     renderLegend(null);
     render();
@@ -77,6 +80,51 @@
     S.scale = s;
     view.width = Math.max(1, Math.round(S.origW * s));
     view.height = Math.max(1, Math.round(S.origH * s));
+    // the canvas is rounded to whole pixels: map image <-> canvas with its exact per-axis ratio
+    S.sx = view.width / S.origW; S.sy = view.height / S.origH;
+  }
+
+  // EXIF orientation (1-8) of a JPEG (APP1 Exif) or PNG (eXIf chunk), 1 when there is none.
+  // Browsers apply it when decoding (createImageBitmap ignores imageOrientation "none"), but the
+  // server segments the stored pixels as `hrmedseg predict` does, so such files are previewed by
+  // the server instead: otherwise boxes and the mask overlay would be rotated against the image.
+  async function exifOrientation(file) {
+    try {
+      const b = new DataView(await file.slice(0, 256 << 10).arrayBuffer());
+      const tiff = (o, end) => {
+        if (o + 8 > end) return 1;
+        const le = b.getUint16(o) === 0x4949;
+        if (!le && b.getUint16(o) !== 0x4d4d) return 1;
+        const ifd = o + b.getUint32(o + 4, le);
+        if (ifd + 2 > end) return 1;
+        const n = b.getUint16(ifd, le);
+        for (let i = 0; i < n; i++) {
+          const e = ifd + 2 + 12 * i;
+          if (e + 12 > end) break;
+          if (b.getUint16(e, le) === 0x0112) return b.getUint16(e + 8, le) || 1;
+        }
+        return 1;
+      };
+      if (b.byteLength > 4 && b.getUint16(0) === 0xffd8) {  // JPEG: walk the markers up to SOS
+        let o = 2;
+        while (o + 4 <= b.byteLength && b.getUint8(o) === 0xff) {
+          const marker = b.getUint8(o + 1), len = b.getUint16(o + 2);
+          if (marker === 0xda || marker === 0xd9) break;
+          if (marker === 0xe1 && o + 10 <= b.byteLength && b.getUint32(o + 4) === 0x45786966 && b.getUint16(o + 8) === 0)
+            return tiff(o + 10, Math.min(b.byteLength, o + 2 + len));
+          o += 2 + len;
+        }
+      } else if (b.byteLength > 8 && b.getUint32(0) === 0x89504e47) {  // PNG: chunks before IDAT
+        let o = 8;
+        while (o + 8 <= b.byteLength) {
+          const len = b.getUint32(o), type = b.getUint32(o + 4);
+          if (type === 0x49444154) break;  // IDAT
+          if (type === 0x65584966) return tiff(o + 8, Math.min(b.byteLength, o + 8 + len));  // eXIf
+          o += 12 + len;
+        }
+      }
+    } catch (e) { /* unreadable: let the decoders decide */ }
+    return 1;
   }
 
   async function openFile(file) {
@@ -86,11 +134,14 @@
     $("file-info").textContent = `${file.name} · ${(file.size / 1048576).toFixed(2)} MB`;
     setState("loading", "Loading preview…");
     try {
-      let bmp;
-      try {
-        bmp = await createImageBitmap(file);
-        S.origW = bmp.width; S.origH = bmp.height;
-      } catch (e) {  // TIFF, DICOM, NIfTI, 16-bit: ask the server for a preview
+      let bmp = null;
+      if ((await exifOrientation(file)) <= 1) {
+        try {
+          bmp = await createImageBitmap(file);
+          S.origW = bmp.width; S.origH = bmp.height;
+        } catch (e) { bmp = null; }
+      }
+      if (!bmp) {  // TIFF, DICOM, NIfTI, 16-bit, EXIF-rotated: ask the server for a preview
         const fd = new FormData(); fd.append("file", file);
         const r = await fetch("/v1/preview", { method: "POST", body: fd, headers: headers() });
         if (!r.ok) throw new Error(await errorText(r));
@@ -200,33 +251,46 @@
     }
     ctx.lineWidth = 2; ctx.strokeStyle = "#ffd400"; ctx.setLineDash([6, 4]);
     const all = S.drag ? S.boxes.concat([S.drag]) : S.boxes;
-    for (const b of all) ctx.strokeRect(b[0] * S.scale, b[1] * S.scale, (b[2] - b[0]) * S.scale, (b[3] - b[1]) * S.scale);
+    for (const b of all) ctx.strokeRect(b[0] * S.sx, b[1] * S.sy, (b[2] - b[0]) * S.sx, (b[3] - b[1]) * S.sy);
     ctx.setLineDash([]);
   }
 
+  // Pointer position -> image pixels. The canvas may be shown smaller than its pixel size (CSS
+  // max-width) and holds the image at S.sx x S.sy, so: CSS px -> canvas px -> image px.
   function toImage(ev) {
     const r = view.getBoundingClientRect();
-    const x = (ev.clientX - r.left) * (view.width / r.width) / S.scale;
-    const y = (ev.clientY - r.top) * (view.height / r.height) / S.scale;
+    const x = (ev.clientX - r.left) * (view.width / r.width) / S.sx;   // #view has no border/padding
+    const y = (ev.clientY - r.top) * (view.height / r.height) / S.sy;
     return [Math.max(0, Math.min(S.origW, x)), Math.max(0, Math.min(S.origH, y))];
   }
 
-  view.addEventListener("mousedown", (ev) => {
-    if (!S.preview || !S.model || !S.model.box_prompts) return;
-    const p = toImage(ev); S.drag = [p[0], p[1], p[0], p[1]]; S.dragStart = p;
-  });
-  window.addEventListener("mousemove", (ev) => {
-    if (!S.drag) return;
+  function dragTo(ev) {
     const p = toImage(ev), s = S.dragStart;
     S.drag = [Math.min(s[0], p[0]), Math.min(s[1], p[1]), Math.max(s[0], p[0]), Math.max(s[1], p[1])];
-    render();
+  }
+
+  // Pointer events: mouse, pen and touch alike; the pointer is captured so a drag that leaves
+  // the canvas still ends (clamped to the image edge).
+  view.addEventListener("pointerdown", (ev) => {
+    if (!S.preview || !S.model || !S.model.box_prompts || ev.button !== 0 || S.drag) return;
+    ev.preventDefault();
+    const p = toImage(ev); S.drag = [p[0], p[1], p[0], p[1]]; S.dragStart = p; S.dragPointer = ev.pointerId;
+    try { view.setPointerCapture(ev.pointerId); } catch (e) { /* synthetic events */ }
   });
-  window.addEventListener("mouseup", () => {
-    if (!S.drag) return;
-    const b = S.drag; S.drag = null;
-    if (b[2] - b[0] >= 2 && b[3] - b[1] >= 2) S.boxes.push(b);
-    render();
+  window.addEventListener("pointermove", (ev) => {
+    if (!S.drag || ev.pointerId !== S.dragPointer) return;
+    dragTo(ev); render();
   });
+  function endDrag(ev, keep) {
+    if (!S.drag || ev.pointerId !== S.dragPointer) return;
+    if (keep) dragTo(ev);
+    const b = S.drag; S.drag = null; S.dragPointer = null;
+    // at least 2 image pixels a side, so the box stays non-empty once rounded to whole pixels
+    if (keep && b[2] - b[0] >= 2 && b[3] - b[1] >= 2) S.boxes.push(b);
+    render();
+  }
+  window.addEventListener("pointerup", (ev) => endDrag(ev, true));
+  window.addEventListener("pointercancel", (ev) => endDrag(ev, false));
 
   $("clear-boxes").addEventListener("click", () => { S.boxes = []; render(); });
   $("run").addEventListener("click", segment);
