@@ -76,8 +76,11 @@ TOL_BF16 = 2e-2
 
 
 # ---------------------------------------------------------------------------------- helpers
+LOG_TAG = "speed_gpu"
+
+
 def log(msg: str) -> None:
-    print(f"[speed_gpu {time.time() - T_START:6.1f}s] {msg}", flush=True)
+    print(f"[{LOG_TAG} {time.time() - T_START:6.1f}s] {msg}", flush=True)
 
 
 def elapsed() -> float:
@@ -620,6 +623,10 @@ _KERNEL_CATEGORIES = (  # first match wins; lower-case substrings of kernel name
 )
 
 
+_ANNOTATION_PREFIXES = ("Optimizer.", "ProfilerStep", "## ", "Torch-Compiled Region",
+                        "CompiledFunction", "autograd::", "aten::")
+
+
 def kernel_category(name: str) -> str:
     n = name.lower()
     for cat, keys in _KERNEL_CATEGORIES:
@@ -634,9 +641,14 @@ def _device_events(prof) -> tuple[list[tuple[str, float, float]], str]:  # noqa:
     try:
         cuda_type = torch.autograd.DeviceType.CUDA
         for e in prof.events():
-            if getattr(e, "device_type", None) == cuda_type:
-                tr = e.time_range
-                evs.append((e.name, float(tr.start), float(tr.end - tr.start)))
+            if getattr(e, "device_type", None) != cuda_type:
+                continue
+            # record_function ranges (e.g. "Optimizer.step#Adam.step") are mirrored on the
+            # device timeline as user annotations that span kernels: not kernels themselves
+            if getattr(e, "is_user_annotation", False) or e.name.startswith(_ANNOTATION_PREFIXES):
+                continue
+            tr = e.time_range
+            evs.append((e.name, float(tr.start), float(tr.end - tr.start)))
     except Exception:  # noqa: BLE001
         evs = []
     if evs:
@@ -813,7 +825,20 @@ def part_profile(dev: torch.device, cfg: dict[str, Any], rates: dict[str, Any]) 
         res["resident_before_step_bytes"] = int(base_alloc)
         res["peak_reserved_bytes"] = int(torch.cuda.max_memory_reserved(dev))
         res["memory_note"] = ("torch.cuda.max_memory_allocated over one step after warm-up "
-                              "(weights, grads, Adam state, input, target included) / batch")
+                              "(weights, grads, Adam state, input, target included) / batch; "
+                              "cudnn.benchmark as in tf32.cudnn_benchmark")
+        if torch.backends.cudnn.benchmark:  # the same without autotuned cudnn algorithms
+            try:
+                torch.backends.cudnn.benchmark = False
+                step()
+                sync(dev)
+                torch.cuda.reset_peak_memory_stats(dev)
+                step()
+                sync(dev)
+                res["peak_train_mem_per_image_gb_cudnn_benchmark_off"] = (
+                    torch.cuda.max_memory_allocated(dev) / b / 1e9)
+            finally:
+                torch.backends.cudnn.benchmark = cfg["cudnn_benchmark"]
         log(f"profile: peak {peak / 1e9:.2f} GB = {res['peak_train_mem_per_image_gb']:.3f} GB/img")
     else:
         res["peak_train_mem_per_image_gb"] = None
@@ -835,6 +860,12 @@ def part_profile(dev: torch.device, cfg: dict[str, Any], rates: dict[str, Any]) 
             sync(dev)
         res["profiled_wall_ms_per_step"] = (time.perf_counter() - t0) * 1e3 / n_prof
         res["kernels"] = kernel_table(prof, dev, n_prof, step_ms, cfg["top"])
+        kt = res["kernels"]
+        log(f"profile: top {len(kt['top_kernels'])} by total time per step ({kt['method']}):")
+        for row in kt["top_kernels"]:
+            share = row.get("share_of_step")
+            print(f"    {row['total_ms']:9.3f} ms {100 * share if share else 0:5.1f}% "
+                  f"x{row['count']:<7g} {row['category']:20s} {row['name'][:110]}", flush=True)
         if cfg.get("trace_dir"):
             Path(cfg["trace_dir"]).mkdir(parents=True, exist_ok=True)
             prof.export_chrome_trace(str(Path(cfg["trace_dir"]) / "train_step_trace.json"))
@@ -1060,6 +1091,18 @@ def part_tiled(dev: torch.device, cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- compile
+def _die_with_parent(parent_pid: int | None) -> None:
+    """Linux: SIGKILL this process when the parent dies (no orphan left holding the GPU)."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)   # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - not Linux: best effort only
+        pass
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(3)  # the parent died before the prctl took effect
+
+
 def compile_child(cfg: dict[str, Any], dev: torch.device, out_path: str) -> None:
     """Runs in a subprocess: compile vs eager parity (fp32), then the compiled bf16 step."""
     res: dict[str, Any] = {"errors": {}}
@@ -1075,6 +1118,7 @@ def compile_child(cfg: dict[str, Any], dev: torch.device, out_path: str) -> None
             base, x, w, tgt = parity_base(cfg, dev)
             ref = run_variant(base, x, w, tgt)
             t0 = time.time()
+            log("compiling fp32 forward + backward (parity vs eager)")
             cand = run_variant(base, x, w, tgt, compiled=True)
             res["compile_parity_seconds"] = round(time.time() - t0, 2)
             res["parity"] = _check("compile_vs_eager_fp32", cand, ref, TOL_FP32,
@@ -1098,9 +1142,11 @@ def compile_child(cfg: dict[str, Any], dev: torch.device, out_path: str) -> None
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
         step = train_step_fn(cmodel, opt, x, target, torch.bfloat16, loss_fn)
         t0 = time.time()
+        log(f"compiling the bf16 training step (batch {b}, {s}x{s})")
         step()
         sync(dev)
         res["train_compile_seconds"] = round(time.time() - t0, 2)
+        log(f"compiled in {res['train_compile_seconds']} s; timing")
         t = bench(step, dev, cfg["warmup"], cfg["reps"])
         res["train_step_ms_median"] = med(t)
         res["train_images_per_s"] = b / (med(t) / 1e3)
@@ -1133,7 +1179,7 @@ def part_compile(dev: torch.device, cfg: dict[str, Any], args: argparse.Namespac
     os.close(fd)
     os.remove(child_out)
     cmd = [sys.executable, os.path.abspath(__file__), "--_compile-child", child_out,
-           "-o", child_out + ".unused", "--device", str(dev)]
+           "--_parent-pid", str(os.getpid()), "-o", child_out + ".unused", "--device", str(dev)]
     cmd += ["--quick"] if args.quick else []
     for k in ("size", "batch", "parity_batch", "warmup", "reps", "seed"):
         cmd += [f"--{k.replace('_', '-')}", str(cfg[k])]
@@ -1147,17 +1193,17 @@ def part_compile(dev: torch.device, cfg: dict[str, Any], args: argparse.Namespac
         env["PYTHONPATH"] = os.pathsep.join(
             [p for p in (env.get("PYTHONPATH"), str(REPO / "src")) if p])
     t0 = time.time()
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    # Same process group as this one (a runner that kills the group kills it too); the child
+    # also asks the kernel to kill it if this process dies, and inductor's compile workers
+    # exit when their parent (the child) is gone.
+    proc = subprocess.Popen(cmd, env=env)
     try:
         rc = proc.wait(timeout=remaining)
         res["returncode"] = rc
     except subprocess.TimeoutExpired:
         res["timed_out_after_s"] = round(remaining, 1)
         log("compile: time budget reached, stopping the subprocess")
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the child and its compile workers
-        except Exception:  # noqa: BLE001
-            proc.kill()
+        proc.kill()
         proc.wait()
     res["wall_s"] = round(time.time() - t0, 1)
     try:
@@ -1313,6 +1359,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="torch CPU threads (default: 1 in --quick on the CPU, where shared cores "
                          "make multi-threaded small kernels erratic; else torch's default)")
     ap.add_argument("--_compile-child", dest="compile_child", help=argparse.SUPPRESS)
+    ap.add_argument("--_parent-pid", dest="parent_pid", type=int, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
@@ -1363,6 +1410,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = make_config(args, dev)
     cfg["cpu_threads"] = torch.get_num_threads()
     if args.compile_child:
+        global LOG_TAG
+        LOG_TAG = "speed_gpu compile-child"
+        _die_with_parent(args.parent_pid)
         compile_child(cfg, dev, args.compile_child)
         return 0
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
