@@ -91,3 +91,26 @@ def test_bf16_runs_and_stays_close():
         inner = blk.attn(blk.norm1(x), 8, 8)
     assert inner.dtype == torch.bfloat16  # the branch runs in bf16; the residual stays fp32
     assert ((out.float() - ref).norm() / ref.norm()) < 3e-2
+
+
+def test_linear_attention_runs_in_float32_under_autocast():
+    """The sums over N tokens stay float32 even inside bf16 autocast (the docstring's promise):
+    every matmul the dispatcher sees (after autocast's casts) has float32 operands."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    import importlib
+    la = importlib.import_module("hrmedseg.layers.linear_attention")
+
+    seen = []
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if "mm" in func.__name__ or "matmul" in func.__name__:
+                seen.append(tuple(a.dtype for a in args if isinstance(a, torch.Tensor)))
+            return func(*args, **(kwargs or {}))
+
+    q, k, v = (torch.rand(1, 2, 16, 4).bfloat16() for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16), Spy():
+        out = la.linear_attention(q, k, v, q, k)
+    assert out.dtype == torch.bfloat16
+    assert seen and all(d == torch.float32 for dt in seen for d in dt), seen

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -21,3 +22,26 @@ def test_formula_and_border_counts():
     ref = x + (avg(5) - x) + (avg(9) - x)
     assert torch.allclose(out, ref, atol=1e-12)
     assert sum(p.numel() for p in MultiscalePooling().parameters()) == 0
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 17, 23), (1, 4, 6, 5), (1, 2, 40, 40)])
+def test_separable_pooling_equals_direct_values_and_gradients(shape):
+    import torch
+    from hrmedseg.layers.pooling import MultiscalePooling
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(*shape, dtype=torch.float64)
+    outs, grads = [], []
+    for impl in ("direct", "separable"):
+        x.grad = None
+        y = MultiscalePooling((5, 9, 13), impl=impl)(x)
+        (y * g).sum().backward()
+        outs.append(y.detach())
+        grads.append(x.grad.clone())
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-12)
+
+
+def test_pooling_impl_is_checked():
+    from hrmedseg.layers.pooling import MultiscalePooling
+    with pytest.raises(ValueError, match="impl"):
+        MultiscalePooling(impl="fft")

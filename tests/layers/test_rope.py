@@ -44,3 +44,16 @@ def test_bad_shapes():
         RotaryEmbedding2d(6)
     with pytest.raises(ValueError, match="grid"):
         RotaryEmbedding2d(8)(torch.randn(1, 10, 8), 3, 3)
+
+
+def test_tables_built_under_inference_mode_still_train():
+    """The cos/sin cache is shared by inference and training: a table first built under
+    inference_mode (Segmenter) must not break a later backward at the same size."""
+    import torch
+    from hrmedseg.layers.rope import RotaryEmbedding2d
+    rope = RotaryEmbedding2d(8)
+    with torch.inference_mode():
+        rope(torch.randn(1, 2, 12, 8), 3, 4)
+    x = torch.randn(1, 2, 12, 8, requires_grad=True)
+    rope(x, 3, 4).square().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

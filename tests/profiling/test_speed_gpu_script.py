@@ -68,9 +68,66 @@ def test_speed_gpu_quick_writes_json(tmp_path):
 
     # inference and tiled
     assert data["infer"]["infer_images_per_s"] > 0
+    # composite ops under inference_mode are decomposed, so their matmuls are counted
+    assert data["infer"]["ops_forward"]["flops_total"] > 0
     tiled = data["tiled"]
     assert tiled["image_hw"] == [1200, 1100]
     assert tiled["probabilities_shape"] == [1, 1200, 1100]
     assert tiled["labels_shape"] == [1200, 1100]
     assert tiled["covers_whole_image"] is True
     assert tiled["wall_s"] > 0
+
+
+def _load_script():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("speed_gpu", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+def test_kernel_table_parses_device_events_without_a_gpu(tmp_path):
+    """The CUDA branch of the kernel table, fed fake profiler events (no GPU needed)."""
+    import torch
+
+    sg = _load_script()
+    cuda = torch.autograd.DeviceType.CUDA
+
+    class Ev:
+        def __init__(self, name, start, dur, dev=cuda, annot=False):
+            self.name, self.device_type, self.is_user_annotation = name, dev, annot
+            self.time_range = type("TR", (), {"start": start, "end": start + dur})()
+
+    evs = [Ev("ampere_bf16_gemm_128x64", 0, 100), Ev("ampere_bf16_gemm_128x64", 150, 100),
+           Ev("vectorized_elementwise_kernel<add>", 260, 20),
+           Ev("Optimizer.step#Adam.step", 0, 1000, annot=True),       # annotation: skipped
+           Ev("aten::mm", 0, 500, dev=torch.autograd.DeviceType.CPU)]  # CPU op: skipped
+
+    class Prof:
+        def events(self):
+            return evs
+
+    kt = sg.kernel_table(Prof(), torch.device("cuda"), n_steps=2, step_ms=1.0, top=25)
+    assert kt["kernels_per_step"] == 1.5
+    top = kt["top_kernels"]
+    assert [r["name"] for r in top] == ["ampere_bf16_gemm_128x64", "vectorized_elementwise_kernel<add>"]
+    assert top[0]["count"] == 1 and abs(top[0]["total_ms"] - 0.1) < 1e-9
+    assert abs(top[0]["share_of_step"] - 0.1) < 1e-9 and top[0]["category"] == "gemm"
+    assert abs(kt["gpu_busy_per_step_ms"] - 0.11) < 1e-9
+
+    # fallback: no device events in prof.events(), kernels only in the chrome trace
+    class TraceProf:
+        def events(self):
+            return []
+
+        def export_chrome_trace(self, path):
+            Path(path).write_text(json.dumps({"traceEvents": [
+                {"ph": "X", "cat": "kernel", "name": "k1", "ts": 10.0, "dur": 5.0},
+                {"ph": "X", "cat": "gpu_user_annotation", "name": "a", "ts": 0.0, "dur": 99.0},
+                {"ph": "X", "cat": "cpu_op", "name": "aten::add", "ts": 0.0, "dur": 9.0}]}))
+
+    kt = sg.kernel_table(TraceProf(), torch.device("cuda"), n_steps=1, step_ms=0.01, top=25)
+    assert kt["method"].startswith("chrome trace")
+    assert [r["name"] for r in kt["top_kernels"]] == ["k1"]
+    assert abs(kt["gpu_busy_fraction_of_step"] - 0.5) < 1e-9

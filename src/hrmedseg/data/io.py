@@ -31,7 +31,7 @@ from PIL import Image, UnidentifiedImageError
 from ..atomic import atomic_write_bytes
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "LOSSY_EXTENSIONS", "MAX_PIXELS", "IMAGENET_MEAN", "IMAGENET_STD",
+    "opencv_fork_safe", "IMAGE_EXTENSIONS", "LOSSY_EXTENSIONS", "MAX_PIXELS", "IMAGENET_MEAN", "IMAGENET_STD",
     "ImageReadError", "split_ext", "is_image_file", "is_lossy", "read_image", "read_mask",
     "mask_to_labels", "to_model_channels", "normalize", "write_mask_png", "write_image_png",
     "overlay", "class_palette",
@@ -67,6 +67,26 @@ class ImageReadError(ValueError):
 
 
 # --------------------------------------------------------------------------- names and extensions
+def opencv_fork_safe() -> None:
+    """Turn OpenCV's own thread pool off in this process before DataLoader workers are forked.
+
+    A forked child inherits the pool's locks in whatever state the parent's pool threads left
+    them; its first OpenCV call (``cv2.setNumThreads`` in the worker initialiser, or a resize)
+    can then wait forever. Seen on the lent H100 (16 cores, 10-12 workers): ``hrmedseg train``
+    hung before its first batch after the pre-resize cache had been built with threads. The
+    workers parallelise across images, so OpenCV's per-call threads are not missed.
+    """
+    try:
+        import cv2
+    except ImportError:
+        return
+    cv2.setNumThreads(0)
+    try:
+        cv2.ocl.setUseOpenCL(False)
+    except AttributeError:
+        pass
+
+
 def split_ext(path: PathLike) -> tuple[str, str]:
     """Split a file name into (stem, lower-case extension), keeping ``.nii.gz``/``.ome.tif`` whole."""
     name = Path(path).name

@@ -49,7 +49,9 @@ def _resolve_model(source: str | os.PathLike | nn.Module, device: torch.device
             return from_pretrained(cand).to(device), meta.get("preprocess", {})
     name, _, tag = str(source).partition(":")
     if is_model(name):
-        model = create_model(name, pretrained=(tag or True))
+        # A name alone means the model's shipped whole-model weight ("full"), never an
+        # encoder-only pretraining weight with an untrained decoder.
+        model = create_model(name, pretrained=(tag or "full"))
         w = getattr(model, "pretrained_weight", None)
         return model.to(device), (_weight_preprocess(w) if w else {})
     if p.exists():

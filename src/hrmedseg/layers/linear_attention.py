@@ -36,12 +36,14 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """
     out_dtype = v.dtype
     work = torch.promote_types(out_dtype, torch.float32)
-    q, k, v, q_rot, k_rot = (t.to(work) for t in (q, k, v, q_rot, k_rot))
-    n = k.shape[-2]
-    k_mean = k.mean(dim=-2, keepdim=True)                      # (B, h, 1, d)
-    z = 1.0 / ((q * k_mean).sum(dim=-1, keepdim=True) + eps)    # (B, h, N, 1)
-    kv = torch.matmul(k_rot.transpose(-2, -1), v) / n           # (B, h, d, d)
-    return (torch.matmul(q_rot, kv) * z).to(out_dtype)
+    # Autocast would cast the matmuls' inputs back to bf16/fp16: keep it off in here.
+    with torch.autocast(device_type=v.device.type, enabled=False):
+        q, k, v, q_rot, k_rot = (t.to(work) for t in (q, k, v, q_rot, k_rot))
+        n = k.shape[-2]
+        k_mean = k.mean(dim=-2, keepdim=True)                      # (B, h, 1, d)
+        z = 1.0 / ((q * k_mean).sum(dim=-1, keepdim=True) + eps)    # (B, h, N, 1)
+        kv = torch.matmul(k_rot.transpose(-2, -1), v) / n           # (B, h, d, d)
+        return (torch.matmul(q_rot, kv) * z).to(out_dtype)
 
 
 def quadratic_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -26,6 +26,16 @@ def rope_angles(height: int, width: int, dim: int, base: float = 10000.0,
     return torch.cat([row_ang, col_ang], dim=-1).reshape(height * width, 2 * k)
 
 
+def _normal_tensors():
+    """Build cached tables as normal tensors: a table first made under inference_mode
+    (Segmenter) could otherwise never be saved for backward by a later training step. Only
+    entered when actually inside inference_mode, so tracing/export never sees the context."""
+    import contextlib
+    if torch.is_inference_mode_enabled():
+        return torch.inference_mode(False)
+    return contextlib.nullcontext()
+
+
 class RotaryEmbedding2d(nn.Module):
     """Apply 2-D RoPE to tokens of shape (..., N, C) laid out row-major on an H×W grid.
 
@@ -50,8 +60,11 @@ class RotaryEmbedding2d(nn.Module):
         key = (height, width, device, dtype)
         hit = self._cache.get(key)
         if hit is None:
-            ang = rope_angles(height, width, self.dim, self.base, device=device)
-            hit = (ang.cos().to(dtype), ang.sin().to(dtype))
+            # Normal tensors even when first built under inference_mode (Segmenter, serve):
+            # a cached inference tensor could not be saved for backward by a later training step.
+            with _normal_tensors():
+                ang = rope_angles(height, width, self.dim, self.base, device=device)
+                hit = (ang.cos().to(dtype), ang.sin().to(dtype))
             if len(self._cache) > 8:  # a server may see many sizes: keep the cache bounded
                 self._cache.clear()
             self._cache[key] = hit

@@ -64,7 +64,17 @@ def list_pretrained(model: str | None = None) -> list[PretrainedWeight]:
 
 
 def resolve_weight(model_name: str, pretrained: bool | str) -> PretrainedWeight:
+    """``True``: the model's default weight (for HRMedSeg the distilled encoder, a starting
+    point for training); ``"full"``: its default *whole-model* weight (what inference by model
+    name needs: ``hrmedseg predict hrmedseg``); any other string: a tag."""
     index = weight_index()
+    if pretrained == "full":
+        full = [w for w in index.values() if w.model == model_name and w.applies_to == "full"]
+        if not full:
+            raise PretrainedWeightError(
+                f"model {model_name!r} ships no whole-model weight to predict with; give a "
+                f"trained model folder (hrmedseg train -> RUN/checkpoints/best) or a tag")
+        return sorted(full, key=lambda w: not w.default)[0]
     if isinstance(pretrained, str):
         if pretrained not in index:
             raise PretrainedWeightError(

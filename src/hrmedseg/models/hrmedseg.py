@@ -66,6 +66,7 @@ class HRMedSegConfig:
     decoder_mlp_dim: int = 256
     attention_downsample_rate: int = 2
     pool_sizes: tuple[int, ...] = (5, 9, 13)
+    pool_impl: str = "direct"          # "separable": same δ as (1,k)+(k,1) passes (layers/pooling.py)
     upscaler: str = "convt2x2"
     hypernet_layers: int = 3
     released_layout: bool = True
@@ -208,7 +209,7 @@ class ECMDecoder(nn.Module):
             self.pe_layer = PositionEmbeddingRandom(d // 2)
             self.num_mask_tokens = cfg.num_classes
         self.mask_tokens = nn.Embedding(self.num_mask_tokens, d)
-        mixer = MultiscalePooling(cfg.pool_sizes) if cfg.pool_sizes else None
+        mixer = MultiscalePooling(cfg.pool_sizes, impl=cfg.pool_impl) if cfg.pool_sizes else None
         self.transformer = TwoWayTransformer(cfg.decoder_depth, d, cfg.decoder_heads,
                                              cfg.decoder_mlp_dim, nn.ReLU,
                                              cfg.attention_downsample_rate, key_mixer=mixer)

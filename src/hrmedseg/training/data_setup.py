@@ -61,6 +61,9 @@ def build_datasets(cfg: Config, num_classes: int, in_chans: int) -> RunData:
     d = cfg.data
     if not d.root:
         raise ConfigError("data.root is empty: give the dataset folder (data.root=PATH)")
+    if d.workers > 0:
+        from ..data.io import opencv_fork_safe
+        opencv_fork_safe()   # before the cache's threads touch OpenCV, so workers fork cleanly
     if d.volumes:
         return build_volume_datasets(cfg, num_classes, in_chans)
     try:

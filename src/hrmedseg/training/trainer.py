@@ -111,10 +111,11 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _worker_init(_: int) -> None:
-    # One OpenCV thread per DataLoader worker: the workers already use every core.
+    # No OpenCV or torch intra-op threads inside a DataLoader worker: the workers already use
+    # every core. (The parent turned OpenCV's pool off before forking: see opencv_fork_safe.)
     try:
         import cv2
-        cv2.setNumThreads(1)
+        cv2.setNumThreads(0)
     except ImportError:
         pass
     torch.set_num_threads(1)
@@ -160,6 +161,9 @@ class Trainer:
         self.amp = AMP[cfg.train.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16")
         self.train_set, self.val_set = train_set, val_set
+        if cfg.data.workers > 0:
+            from ..data.io import opencv_fork_safe
+            opencv_fork_safe()
         self.sampler = EpochBatchSampler(len(train_set), cfg.train.batch_size, self.info.rank,  # type: ignore[arg-type]
                                          self.info.world_size, shuffle=True, seed=cfg.train.seed)
         self.epoch, self.batch_in_epoch, self.global_step = 0, 0, 0
