@@ -4,6 +4,8 @@
 # (poll.sh) bring the wheels the later stages need and copy the results back. Each stage logs to
 # $R/logs/<stage>.log and appends "start/end rc=" lines to $R/status. DRY=1 runs every stage on
 # the CPU with tiny sizes and budgets (a rehearsal: same commands, same files).
+# STAGES="equal_time compare extras" runs only those stages (the next session's GPU work: the
+# shipped distilled encoder stands in for a fresh distillation run).
 set -u
 J=${JOB:-/tmp/job}; R=$J/results; REPO=${REPO:-$(pwd)}; DRY=${DRY:-0}
 mkdir -p $R/logs
@@ -65,11 +67,12 @@ bench() {
   $PY -m hrmedseg benchmark --models $BENCH --size $BSIZE --batch 16 --device $DEV \
     --dtypes $([ "$DRY" = 1 ] && echo fp32 || echo fp32,bf16) --no-macs --warmup 2 --iters 5 -o $R/bench
 }
+PRE=$J/distill_run/student; [ -d $PRE ] || PRE=default   # the shipped distilled encoder
 equal_time() {
   # smp missing on the device (wheels failed): MONAI's original U-Net stands in, and says so.
   $PY -c "import segmentation_models_pytorch" 2>/dev/null || { [ "$DRY" = 1 ] || BASE=unet; }
   echo "baseline: $BASE"
-  $PY $J/bench/equal_time.py --data-root $J/data --pretrained $J/distill_run/student \
+  $PY $J/bench/equal_time.py --data-root $J/data --pretrained $PRE \
     --baseline $BASE --out $R/equal_time --size $SIZE --budget-s $BUDGET --sweep-budget-s $SWEEP \
     --seeds $SEEDS --lrs $LRS --workers $WORKERS --device $DEV \
     $([ "$DRY" = 1 ] && echo "--batch 4 --precision fp32")
@@ -83,6 +86,11 @@ compare() {
 extras() {
   local rc=0
   $PY $J/bench/speed_gpu.py $EXTRA_Q -o $R/speed_gpu.json || rc=1
+  # issue 7: the separable δ pooling against the direct one, same harness (profile_core.sh's)
+  for impl in direct separable; do
+    $PY -m hrmedseg profile hrmedseg --size $BSIZE --batch 16 --device $DEV --dtype bf16 --no-macs \
+      --set pool_impl=$impl --json $R/profile_pool_$impl.json || rc=1
+  done
   $PY $J/bench/serve_batching.py $EXTRA_Q -o $R/serve_batching_gpu.json || rc=1
   return $rc
 }
@@ -107,12 +115,13 @@ for part, names in (("train", ("train",)), ("val", ("val",))):
                 n += 1
     print(f"distill {part}: {n} images (train = train splits; val = val splits; test never)")
 PYEOF
-stage distill distill
-stage zeroshot zeroshot
-wait_wheels && echo "$(date -u +%T) wheels ok" >> $R/status
-stage bench bench
-stage equal_time equal_time
-stage compare compare
-stage extras extras
+STAGES=${STAGES:-distill zeroshot bench equal_time compare extras}
+for st in $STAGES; do
+  case $st in
+    distill|zeroshot) stage $st $st ;;
+    *) [ -f $J/wheels_ready ] || { wait_wheels && echo "$(date -u +%T) wheels ok" >> $R/status; }
+       stage $st $st ;;
+  esac
+done
 echo "$(date -u +%T) pipeline done" >> $R/status
 touch $R/DONE

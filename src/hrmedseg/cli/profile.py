@@ -22,6 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-macs", action="store_true", help="skip the MAC counts")
     p.add_argument("--no-speed", action="store_true", help="skip timing (params/MACs/memory only)")
     p.add_argument("--json", type=Path, help="write results (a list) to this JSON file")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="model config overrides, e.g. pool_impl=separable embed_dim=48")
     p.set_defaults(func=run)
 
 
@@ -35,12 +37,22 @@ def run(args: argparse.Namespace) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but this machine has no CUDA device (use --device cpu)")
     size = tuple(args.size) if len(args.size) == 2 else (args.size[0], args.size[0])
+    overrides = {}
+    for item in args.set:
+        if "=" not in item:
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            overrides[k] = json.loads(v)
+        except json.JSONDecodeError:
+            overrides[k] = v
     results = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         r = profile_model(name, size=size, batch=args.batch, device=args.device, dtype=args.dtype,
                           warmup=args.warmup, iters=args.iters, macs=not args.no_macs,
                           speed=not args.no_speed, grad_checkpointing=args.grad_checkpointing,
-                          channels_last=args.channels_last, num_classes=args.num_classes)
+                          channels_last=args.channels_last, num_classes=args.num_classes,
+                          **overrides)
         results.append(r)
         print(json.dumps({k: v for k, v in r.to_dict().items() if k not in ("notes", "env")}))
     print(format_table(results))

@@ -223,21 +223,25 @@ class Trainer:
         return self.elapsed_before + (now - self._session_start if self._session_start else 0.0)
 
     def _loader(self) -> DataLoader:
-        # A fresh loader each epoch (workers restarted). Persistent workers with this batch
-        # sampler and pinned memory hung before the first batch on the lent H100 (session 3);
-        # the epoch reaches the workers through the sampler's (index, epoch) keys either way.
-        return self._make_loader()
+        # One loader for the whole run: its workers persist across epochs (a short epoch would
+        # otherwise spend seconds restarting them). The epoch reaches the workers through the
+        # sampler's (index, epoch) keys, so augmentation stays seeded per sample and epoch.
+        # (The hang seen on the H100 in session 3 was OpenCV's pool at fork time, not this:
+        # see hrmedseg.data.io.opencv_fork_safe.)
+        if self._train_loader is None:
+            self._train_loader = self._make_loader()
+        return self._train_loader
 
     def _make_loader(self) -> DataLoader:
         workers = self.cfg.data.workers
         return DataLoader(SeededDataset(self.train_set, self.cfg.train.seed), batch_sampler=self.sampler,
                           num_workers=workers, collate_fn=_collate,
                           worker_init_fn=_worker_init if workers > 0 else None,
-                          pin_memory=self.device.type == "cuda", persistent_workers=False,
+                          pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
                           prefetch_factor=4 if workers > 0 else None,
                           # Own generator: creating an iterator must not draw from the global
                           # RNG, or a resumed run's dropout/drop-path draws would shift.
-                          generator=torch.Generator().manual_seed(self.cfg.train.seed + self.epoch))
+                          generator=torch.Generator().manual_seed(self.cfg.train.seed))
 
     def _set_lr(self) -> float:
         per_epoch = self.sampler.batches_per_epoch()
