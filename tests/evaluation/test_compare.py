@@ -87,3 +87,39 @@ def test_bad_compare_file_is_one_line(tmp_path, capsys):
     assert main(["compare", "--config", str(p)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "unknown key" in err
+
+
+def test_compare_refuses_unbuildable_models_before_training(tmp_path, capsys, monkeypatch):
+    """A model that cannot be built (missing optional library, bad size) is reported in one
+    line before any model trains."""
+    data = make_dataset(tmp_path / "ds", n=12)
+    spec_path = _write_spec(tmp_path, data)
+    from hrmedseg.training import run as run_mod
+    real = run_mod.build_model
+
+    def build(cfg):
+        if cfg.model.name == "unet_small":
+            raise RuntimeError("unet_small needs somelib: pip install 'hrmedseg[baselines]'")
+        return real(cfg)
+
+    monkeypatch.setattr(run_mod, "build_model", build)
+    assert main(["compare", "--config", str(spec_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unet_small" in err[0] and "somelib" in err[0]
+    assert not (tmp_path / "cmp" / "hrmedseg_tiny").exists()     # nothing trained
+
+
+def test_compare_keeps_the_others_when_one_training_fails(tmp_path):
+    data = make_dataset(tmp_path / "ds", n=12)
+    spec = compare_mod.load_compare(_write_spec(tmp_path, data))
+    from hrmedseg.training.run import train
+
+    def train_fn(cfg):
+        if cfg.model.name == "unet_small":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return train(cfg)
+
+    res = compare_mod.run_compare(spec, train_fn=train_fn)
+    labels = [r["label"] for r in res["rows"]]
+    assert labels[0] == "hrmedseg_tiny" and labels[1].startswith("unet_small (failed: RuntimeError")
+    assert "| hrmedseg_tiny |" in res["markdown"] and "illegal memory access" in res["markdown"]

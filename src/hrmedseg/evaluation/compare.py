@@ -260,6 +260,26 @@ def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def preflight(configs: Mapping[str, Config]) -> None:
+    """Build every model once before any training, so that a missing optional library or a
+    size a model cannot take is reported in one line up front, not after hours of training."""
+    import gc
+
+    from ..training.run import build_model
+
+    problems = []
+    for label, cfg in configs.items():
+        probe = copy.deepcopy(cfg)
+        probe.model.pretrained = "none"
+        try:
+            build_model(probe)
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"{label}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        gc.collect()
+    if problems:
+        raise ConfigError("cannot build " + "; ".join(problems))
+
+
 def run_compare(spec: CompareSpec, out_dir: str | Path | None = None, device: str | None = None,
                 train_fn: Callable[[Config], dict[str, Any]] | None = None,
                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -267,10 +287,13 @@ def run_compare(spec: CompareSpec, out_dir: str | Path | None = None, device: st
     from ..atomic import atomic_write_bytes
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    custom_train = train_fn is not None
     if train_fn is None:
         from ..training.run import train as train_fn
     root = Path(out_dir or spec.out_dir)
     configs = build_configs(spec, root)
+    if not custom_train:
+        preflight(configs)
     rows: list[dict[str, Any]] = []
     for label, cfg in configs.items():
         if device:
@@ -281,7 +304,16 @@ def run_compare(spec: CompareSpec, out_dir: str | Path | None = None, device: st
             summary = done
         else:
             log(f"[compare] {label}: training {cfg.model.name} -> {cfg.train.out_dir}")
-            summary = train_fn(cfg)
+            try:
+                summary = train_fn(cfg)
+            except (KeyboardInterrupt, ConfigError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - one model's failure must not lose the others
+                msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                log(f"[compare] {label}: FAILED ({msg}); rerun the same command to retry it")
+                rows.append({"label": f"{label} (failed: {msg[:80]})", "model": cfg.model.name,
+                             "error": msg, "run_dir": cfg.train.out_dir})
+                continue
         dev = cfg.train.device
         if dev == "auto":
             import torch
