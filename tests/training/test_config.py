@@ -65,3 +65,17 @@ def test_time_horizon_schedule_follows_the_budget():
     assert lr_factor(cfg, 0.0, 0.0) == pytest.approx(1.0)
     assert lr_factor(cfg, 50.0, 0.5) == pytest.approx(0.5)
     assert lr_factor(cfg, 3.0, 1.0) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_default_pretrained_falls_back_to_scratch_when_the_weight_does_not_fit(capsys):
+    from hrmedseg.training.config import load_config
+    from hrmedseg.training.run import build_model
+    tiny = ("model.overrides={embed_dim: 24, depth: 2, num_heads: [6, 6, 6], neck_dim: 32, "
+            "decoder_heads: 4, decoder_mlp_dim: 32}")
+    m = build_model(load_config(None, [tiny]))
+    assert getattr(m, "pretrained_weight", None) is None
+    assert "does not fit" in capsys.readouterr().err
+    m = build_model(load_config(None, []))                 # the default architecture: loaded
+    assert "distilled" in m.pretrained_weight
+    with pytest.raises(Exception, match="does not fit"):  # asked for explicitly: an error
+        build_model(load_config(None, [tiny, "model.pretrained=true"]))

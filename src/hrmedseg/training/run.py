@@ -45,6 +45,8 @@ def build_model(cfg: Config):
 
     m = cfg.model
     pre = m.pretrained.strip()
+    if pre.lower() in ("true", "false", "none", "default"):   # YAML may give True/False
+        pre = pre.lower()
     kwargs: dict[str, Any] = dict(num_classes=m.num_classes, in_chans=m.in_chans,
                                   img_size=tuple(cfg.data.size), **m.overrides)
     if pre and pre not in ("none", "default", "true", "false") and Path(pre).is_dir():
@@ -55,12 +57,20 @@ def build_model(cfg: Config):
     flag: bool | str = False if pre in ("", "none", "false") else (True if pre in ("default", "true") else pre)
     if pre == "default":
         # The default recipe asks for the model's shipped default weight (for HRMedSeg the
-        # distilled encoder); a model that has none simply starts from its initialisation.
+        # distilled encoder) where there is one that fits the configured architecture; other
+        # models, or a changed width/depth, start from their initialisation (said once).
+        from ..models._hub import CheckpointError
         from ..models._pretrained import list_pretrained
         if not any(w.default for w in list_pretrained(m.name)):
             print(f"note: {m.name} ships no default pretrained weight; training from scratch",
                   file=sys.stderr)
-            flag = False
+            return create_model(m.name, pretrained=False, **kwargs)
+        try:
+            return create_model(m.name, pretrained=True, **kwargs)
+        except CheckpointError as exc:
+            print(f"note: {m.name}'s shipped pretrained weight does not fit model.overrides "
+                  f"({str(exc).split(': ')[-1][:120]}); training from scratch", file=sys.stderr)
+            return create_model(m.name, pretrained=False, **kwargs)
     return create_model(m.name, pretrained=flag, **kwargs)
 
 
