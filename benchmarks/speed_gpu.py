@@ -68,6 +68,7 @@ try:
 except ImportError:  # run from a checkout without PYTHONPATH / install
     sys.path.insert(0, str(REPO / "src"))
     import hrmedseg  # noqa: F401
+from hrmedseg.errors import first_line  # noqa: E402
 
 TARGETS = {"train_images_per_s_min": 350.0, "infer_images_per_s_min": 1500.0,
            "peak_train_mem_per_image_gb_max": 0.20}
@@ -120,11 +121,6 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     if nb == 0.0:
         return 0.0 if nd == 0.0 else float("inf")
     return nd / nb
-
-
-def first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}".strip()
 
 
 def free(dev: torch.device) -> None:

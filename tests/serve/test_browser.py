@@ -2,49 +2,23 @@
 uvicorn on 127.0.0.1. Skips when chromium or playwright is missing."""
 import io
 import os
-import shutil
-import socket
-import threading
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-CHROMIUM = os.environ.get("HRMEDSEG_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+from ._live import ARGS, CHROMIUM, DOCS, live_server
+
 if not os.path.exists(CHROMIUM):
     pytest.skip("chromium not installed (apt-get install chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api")
-uvicorn = pytest.importorskip("uvicorn")
-
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-DOCS = Path(__file__).resolve().parents[2] / "docs"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+pytest.importorskip("uvicorn")
 
 @pytest.fixture(scope="module")
 def server(segmenter):
     from hrmedseg.serve.app import create_app
-    port = _free_port()
-    cfg = uvicorn.Config(create_app(segmenter), host="127.0.0.1", port=port, log_level="warning")
-    srv = uvicorn.Server(cfg)
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    th.join(10)
+    with live_server(create_app(segmenter)) as url:
+        yield url
 
 
 def test_page_upload_overlay_matches_api(server, sample_paths, tmp_path):

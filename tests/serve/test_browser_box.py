@@ -16,26 +16,20 @@ import hashlib
 import io
 import json
 import os
-import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-CHROMIUM = os.environ.get("HRMEDSEG_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+from ._live import ARGS, CHROMIUM, DOCS, live_server
+
 if not os.path.exists(CHROMIUM):
     pytest.skip("chromium not installed (apt-get install chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-DOCS = Path(__file__).resolve().parents[2] / "docs"
 W, H = 1600, 1200                       # the test image: larger than the page can show
 TARGET = (420, 310, 1210, 905)          # the box to draw, in image pixels
 FG = (230, 25, 75)                      # class_palette(2)[1], the overlay colour of class 1
@@ -46,12 +40,6 @@ B64 = """(a) => { let s = ""; for (let i = 0; i < a.length; i += 0x8000)
 READ_MASK = f"() => ({B64})(window.hrmedseg.readMask())"
 READ_VIEW = f"""() => {{ const c = document.getElementById('view');
     return ({B64})(c.getContext('2d').getImageData(0, 0, c.width, c.height).data); }}"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _b64(page, js: str) -> np.ndarray:
@@ -88,19 +76,9 @@ class _Recorder:
 @pytest.fixture(scope="module")
 def box_server(tiny_sam):
     from hrmedseg.serve.app import create_app
-    port = _free_port()
     app = _Recorder(create_app({"tiny_sam": tiny_sam}, device="cpu", max_pixels=10_000_000))
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}", app.seen
-    srv.should_exit = True
-    th.join(10)
+    with live_server(app) as url:
+        yield url, app.seen
 
 
 @pytest.fixture(scope="module")

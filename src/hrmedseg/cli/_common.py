@@ -25,3 +25,22 @@ def samples_for_split(data: str, split: str, splits: str | None) -> tuple[Any, l
             raise FileNotFoundError(f"{sp}: no splits file; pass --splits or --split all")
         samples = index.subset(list(load_splits(sp)[split]))
     return index, samples
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE ...`` → model overrides; a VALUE that parses as JSON (numbers, lists,
+    true/false) is taken as such, anything else as a string."""
+    import json
+
+    from .main import UserError
+
+    overrides: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            overrides[k] = json.loads(v)
+        except json.JSONDecodeError:
+            overrides[k] = v
+    return overrides

@@ -14,12 +14,6 @@ import argparse
 import json
 
 
-def _value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("distill", help="distil MobileSAM's image embedding into an HRMedSeg encoder")
@@ -50,14 +44,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..training.distill import DistillConfig, distill
+    from ._common import parse_set
     from .main import UserError
 
-    overrides = {}
-    for item in args.set:
-        if "=" not in item:
-            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        overrides[k] = _value(v)
+    overrides = parse_set(args.set)
     try:
         cfg = DistillConfig(images=args.images, out_dir=args.out, student=args.student,
                             student_overrides=overrides, teacher=args.teacher, epochs=args.epochs,

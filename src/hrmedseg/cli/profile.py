@@ -33,19 +33,12 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from ._common import parse_set
     from .main import UserError
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but this machine has no CUDA device (use --device cpu)")
     size = tuple(args.size) if len(args.size) == 2 else (args.size[0], args.size[0])
-    overrides = {}
-    for item in args.set:
-        if "=" not in item:
-            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            overrides[k] = json.loads(v)
-        except json.JSONDecodeError:
-            overrides[k] = v
+    overrides = parse_set(args.set)
     results = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         r = profile_model(name, size=size, batch=args.batch, device=args.device, dtype=args.dtype,

@@ -16,12 +16,6 @@ import argparse
 import json
 
 
-def _value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
 
 def parse_dataset(spec: str) -> dict:
     """``NAME=DIR:ID`` or ``DIR:ID`` → dict(root, modality[, name])."""
@@ -95,14 +89,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..training.esp_training import ESPTrainConfig, train_esp
+    from ._common import parse_set
     from .main import UserError
 
-    overrides = {}
-    for item in args.set:
-        if "=" not in item:
-            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        overrides[k] = _value(v)
+    overrides = parse_set(args.set)
     try:
         cfg = ESPTrainConfig(
             datasets=[parse_dataset(d) for d in args.data], out_dir=args.out,

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 
+from ..errors import first_line
 from ..training.config import Config, ConfigError, _merge, load_config
 
 __all__ = ["CompareSpec", "ModelEntry", "load_compare", "build_configs", "run_compare",
@@ -189,7 +190,7 @@ def _efficiency(cfg: Config, spec: CompareSpec, device: str) -> dict[str, Any]:
         r = profile_model(cfg.model.name, size=size, batch=batch, device="cuda" if on_cuda else "cpu",
                           dtype=dtype, macs=True, memory=on_cuda, speed=on_cuda, **kwargs)
     except Exception as exc:  # noqa: BLE001 - the table still gets its accuracy columns
-        out["profile_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        out["profile_error"] = first_line(exc)
         del exc
         gc.collect()
         if on_cuda:
@@ -309,7 +310,7 @@ def run_compare(spec: CompareSpec, out_dir: str | Path | None = None, device: st
             except (KeyboardInterrupt, ConfigError):
                 raise
             except Exception as exc:  # noqa: BLE001 - one model's failure must not lose the others
-                msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                msg = first_line(exc)
                 log(f"[compare] {label}: FAILED ({msg}); rerun the same command to retry it")
                 rows.append({"label": f"{label} (failed: {msg[:80]})", "model": cfg.model.name,
                              "error": msg, "run_dir": cfg.train.out_dir})

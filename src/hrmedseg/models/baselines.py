@@ -53,6 +53,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import first_line
 from ._base import InputSizeError, SegmentationModel
 from ._pretrained import load_pretrained
 from ._registry import register_model
@@ -184,11 +185,6 @@ def _import(name: str) -> types.ModuleType:
     return importlib.import_module(name)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
 def _import_smp(model_name: str) -> types.ModuleType:
     try:
         return _import("segmentation_models_pytorch")
@@ -202,7 +198,7 @@ def _import_smp(model_name: str) -> types.ModuleType:
     except Exception as exc:  # e.g. a torchvision built for another torch
         raise MissingDependencyError(
             f"{model_name} needs segmentation-models-pytorch, which is installed but does not "
-            f"import ({_first_line(exc)}); it needs a torchvision built for torch "
+            f"import ({first_line(exc)}); it needs a torchvision built for torch "
             f"{torch.__version__}") from exc
 
 

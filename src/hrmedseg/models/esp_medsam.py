@@ -491,6 +491,13 @@ class ESPMedSAM(SegmentationModel):
     def forward_with_aux(self, x: torch.Tensor, modality: ModalityLike
                          ) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (B, 1, H, W), SPPG patch logits (B, 1, H/16/2^L, W/16/2^L))."""
+        logits, patch_logits, _ = self.forward_parts(x, modality)
+        return logits, patch_logits
+
+    def forward_parts(self, x: torch.Tensor, modality: ModalityLike
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits, SPPG patch logits and the controlled embedding E^n from one encoder pass
+        (training needs E^n for MMDKD's second term)."""
         self.check_input(x)
         route = self.route(modality, x.shape[0], x.device)
         emb = self._encode(x, route)
@@ -498,7 +505,7 @@ class ESPMedSAM(SegmentationModel):
         pe = self.pe_layer(tuple(emb.shape[-2:])).unsqueeze(0)
         low = self.decoder(emb, pe, dense, route)
         logits = F.interpolate(low, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return logits, patch_logits
+        return logits, patch_logits, emb
 
     def forward(self, x: torch.Tensor, modality: ModalityLike) -> torch.Tensor:  # type: ignore[override]
         return self.forward_with_aux(x, modality)[0]

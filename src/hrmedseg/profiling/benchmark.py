@@ -27,6 +27,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from ..errors import first_line
+
 from .macs import count_macs
 from .profile import DTYPES, environment, profile_model
 
@@ -67,11 +69,6 @@ def is_oom(exc: BaseException) -> bool:
         return True
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "32-bit index math" in text)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
 
 
 def _free(device: torch.device) -> None:
@@ -143,7 +140,7 @@ def run_benchmark(models: Sequence[str], size: int | tuple[int, int] = 1024, bat
         try:
             model = create_model(name, img_size=size, **kwargs)
         except Exception as exc:  # noqa: BLE001 - any build failure is reported, not raised
-            reason = _first_line(exc)
+            reason = first_line(exc)
             log(f"[benchmark] {name}: skipped ({reason})")
             rows.extend(BenchmarkRow(name, d, "skipped", reason, batch_asked=batch) for d in dtypes)
             _free(dev)
@@ -159,7 +156,7 @@ def run_benchmark(models: Sequence[str], size: int | tuple[int, int] = 1024, bat
                 mac_thop, mac_all = int(mc.module_macs), int(mc.ops_macs)
             except Exception as exc:  # noqa: BLE001
                 oom = is_oom(exc)
-                log(f"[benchmark] {name}: MAC count failed ({_first_line(exc)})")
+                log(f"[benchmark] {name}: MAC count failed ({first_line(exc)})")
                 del exc
                 if oom:
                     model = model.to("cpu")
@@ -177,7 +174,7 @@ def run_benchmark(models: Sequence[str], size: int | tuple[int, int] = 1024, bat
                                         warmup=warmup, iters=iters, macs=False, model=model)
                 except Exception as exc:  # noqa: BLE001
                     oom = is_oom(exc)
-                    failure = _first_line(exc)
+                    failure = first_line(exc)
                     del exc  # drop the traceback (it holds the step's tensors) before freeing
                     res = None
                 if failure is None:

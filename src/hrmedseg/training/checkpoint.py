@@ -7,8 +7,6 @@ then swapped in, so a crash at any moment leaves either the old or the new one, 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,27 +22,16 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def save_checkpoint(ckpt_root: Path, tag: str, model: nn.Module, state: dict[str, Any],
                     metadata: dict[str, Any] | None = None) -> Path:
-    ckpt_root = Path(ckpt_root)
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".{tag}.tmp-"))
-    try:
+    from ..atomic import atomic_replace_dir
+
+    def write(tmp: Path) -> None:
         _unwrap(model).save_pretrained(tmp, metadata=metadata)
         with open(tmp / STATE_NAME, "wb") as fh:
             torch.save(state, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        final, old = ckpt_root / tag, ckpt_root / f".{tag}.old"
-        if old.exists():
-            shutil.rmtree(old)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old.exists():
-            shutil.rmtree(old)
-        return final
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    return atomic_replace_dir(Path(ckpt_root) / tag, write)
 
 
 def find_checkpoint(ckpt_root: Path, tag: str) -> Path | None:

@@ -39,9 +39,7 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -501,21 +499,10 @@ class Distiller:
 
     def save_student(self) -> Path:
         """``RUN/student``: the student as a full save_pretrained folder (swapped in atomically)."""
-        final = self.run_dir / "student"
-        tmp = Path(tempfile.mkdtemp(dir=self.run_dir, prefix=".student.tmp-"))
-        try:
-            self.student.save_pretrained(tmp, metadata={**self._metadata(), "val_mse": self.best})
-            old = self.run_dir / ".student.old"
-            if old.exists():
-                shutil.rmtree(old)
-            if final.exists():
-                os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return final
+        from ..atomic import atomic_replace_dir
+        meta = {**self._metadata(), "val_mse": self.best}
+        return atomic_replace_dir(self.run_dir / "student",
+                                  lambda tmp: self.student.save_pretrained(tmp, metadata=meta))
 
     def _elapsed(self) -> float:
         start = getattr(self, "_session_start", None)

@@ -77,10 +77,7 @@ import hashlib
 import io
 import json
 import math
-import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -594,17 +591,8 @@ class ESPTrainer:
     # -- losses -----------------------------------------------------------------------------
     def forward_student(self, x: torch.Tensor, modality: int
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(logits (B,1,H,W), SPPG patch logits, E^n) from one encoder pass:
-        ``forward_with_aux`` that also hands out the controlled embedding for MMDKD part 2."""
-        m = self.model
-        m.check_input(x)
-        route = m.route(modality, x.shape[0], x.device)
-        emb = m.image_embeddings(x, modality)
-        patch_logits, dense = m.sppg(emb)
-        pe = m.pe_layer(tuple(emb.shape[-2:])).unsqueeze(0)
-        low = m.decoder(emb, pe, dense, route)
-        logits = F.interpolate(low, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return logits, patch_logits, emb
+        """(logits (B,1,H,W), SPPG patch logits, E^n) from one encoder pass."""
+        return self.model.forward_parts(x, modality)
 
     def losses(self, x: torch.Tensor, y: torch.Tensor, modality: int,
                x_nat: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -782,21 +770,9 @@ class ESPTrainer:
         meta = dict(read_config(src).get("metadata") or {}) if src is not None else self._metadata()
         meta.update({"best_val_dice": self.best, "checkpoint": None if src is None else src.name,
                      "prompt": "none (self-prompting: give the image and its modality id)"})
-        final = self.run_dir / "model"
-        tmp = Path(tempfile.mkdtemp(dir=self.run_dir, prefix=".model.tmp-"))
-        try:
-            model.save_pretrained(tmp, metadata=meta)
-            old = self.run_dir / ".model.old"
-            if old.exists():
-                shutil.rmtree(old)
-            if final.exists():
-                os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return final
+        from ..atomic import atomic_replace_dir
+        return atomic_replace_dir(self.run_dir / "model",
+                                  lambda tmp: model.save_pretrained(tmp, metadata=meta))
 
     # -- files ------------------------------------------------------------------------------
     def csv_fields(self) -> list[str]:
