@@ -612,8 +612,20 @@ def _parity_pooling(dev: torch.device, cfg: dict[str, Any]) -> dict[str, Any]:
         cnt = F.avg_pool2d(ones.double(), k, 1, k // 2, count_include_pad=True) * k * k
         ref = ref + (s / cnt - x.double())
     r = rel(fast, ref)
-    return {"out_rel": r, "tol": TOL_FP32, "pass": bool(r <= TOL_FP32),
-            "note": "fp32 module vs float64 window sum / window count"}
+    # The separable path (impl="separable") against the direct one: output and input gradient,
+    # channels-last as in training.
+    xd = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    xs = x.detach().clone().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    w = torch.randn(x.shape, generator=g).to(dev)
+    od, os_ = MultiscalePooling(ks)(xd), MultiscalePooling(ks, impl="separable")(xs)
+    (od * w).sum().backward()
+    (os_ * w).sum().backward()
+    r_sep, r_sep_grad = rel(os_.detach(), od.detach()), rel(xs.grad, xd.grad)
+    ok = r <= TOL_FP32 and r_sep <= TOL_FP32 and r_sep_grad <= TOL_FP32
+    return {"out_rel": r, "separable_out_rel": r_sep, "separable_grad_rel": r_sep_grad,
+            "tol": TOL_FP32, "pass": bool(ok),
+            "note": "fp32 module vs float64 window sum / window count; separable vs direct "
+                    "(output and input gradient, channels-last)"}
 
 
 # ---------------------------------------------------------------------------------- profile

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # First device call: stage the carried data/teacher to /tmp/job, start pipeline.sh detached,
 # then poll until this call's time is nearly used. Usage: bash benchmarks/session3/launch.sh SECONDS
-# (STAGES="..." selects pipeline stages; .whl/.whl2 carried in this call are installed first.)
+# (PIPELINE=path picks another pipeline, e.g. benchmarks/session4/pipeline.sh; STAGES="..."
+# selects session 3's pipeline stages; .whl/.whl2 carried in this call are installed first.)
 set -u
 J=${JOB:-/tmp/job}; mkdir -p $J/results
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -10,6 +11,6 @@ cp -r .gpu/s3 $J/data || exit 1
 [ -d .gpu/teacher ] && cp -r .gpu/teacher $J/teacher   # only the distill/zeroshot stages need it
 du -sh $J/*
 if [ -d .whl ]; then bash benchmarks/session3/poll.sh 0 > /dev/null; fi   # installs the wheels
-REPO=$(pwd) setsid nohup bash benchmarks/session3/pipeline.sh > $J/results/pipeline.out 2>&1 < /dev/null &
+REPO=$(pwd) setsid nohup bash ${PIPELINE:-benchmarks/session3/pipeline.sh} > $J/results/pipeline.out 2>&1 < /dev/null &
 sleep 2
 bash benchmarks/session3/poll.sh ${1:-500}

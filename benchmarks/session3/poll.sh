@@ -7,7 +7,7 @@ if [ -d .whl ] && [ ! -f $J/wheels_ready ]; then
   mkdir -p /tmp/site
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   # Only the .whl2 packages this image lacks (its own torch stack stays in charge).
-  for f in .whl2/*.whl; do
+  for f in $(ls .whl2/*.whl 2>/dev/null); do
     mod=$(basename $f | cut -d- -f1 | tr 'A-Z' 'a-z'); [ "$mod" = pyyaml ] && mod=yaml
     python3 -c "import $mod" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site $f
   done

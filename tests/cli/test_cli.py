@@ -54,3 +54,17 @@ def test_corrupt_input_named_in_error(tmp_path, capsys):
     rc = main(["predict", "hrmedseg", str(bad), "-o", str(tmp_path / "o"), "--device", "cpu"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "broken.png" in err[0]
+
+
+def test_train_without_config_uses_the_default_recipe(capsys):
+    """`hrmedseg train` with no --config is the default recipe, not the paper's."""
+    import yaml
+
+    assert main(["train", "--print-config"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["model"]["pretrained"] == "default"
+    assert (cfg["optim"]["name"], cfg["optim"]["lr"]) == ("adamw", 1e-3)
+    assert cfg["schedule"]["name"] == "cosine" and cfg["data"]["augment"] == "strong"
+    assert main(["train", "--config", "paper", "--print-config"]) == 0
+    paper = yaml.safe_load(capsys.readouterr().out)
+    assert (paper["optim"]["name"], paper["optim"]["lr"], paper["model"]["pretrained"]) == ("adam", 1e-4, "none")

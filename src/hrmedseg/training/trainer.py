@@ -152,8 +152,11 @@ class Trainer:
                 self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
                 self.net = self.model
                 self.sync_bn = True
+            # Gradients as views into the all-reduce buckets: no copy into the buckets after
+            # backward and one gradient-sized buffer less.
             self.net = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                gradient_as_bucket_view=True)
         if cfg.train.compile:
             self.net = torch.compile(self.net)
         self.loss_fn = loss_fn
