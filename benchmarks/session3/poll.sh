@@ -19,6 +19,6 @@ fi
 start=$(date +%s)
 while [ $(( $(date +%s) - start )) -lt $T ] && [ ! -f $R/DONE ]; do sleep 5; done
 cat $R/status; echo ---; for f in $R/logs/*.log; do echo "== $f"; tr '\r' '\n' < $f | grep -v -E '(it|img|batch)/s\]?$' | tail -n 6; done
-tar czf ${OUT:-/tmp}/results_$(date +%H%M%S).tar.gz --exclude='results/distill/student' --exclude='*.safetensors' -C $J results
+tar czf ${OUT:-/tmp}/results_$(date +%H%M%S).tar.gz --exclude='results/distill/student' --exclude='*.safetensors' --exclude='*/checkpoints' --exclude='*/cache' -C $J results
 [ -d $R/distill/student ] && tar czf ${OUT:-/tmp}/student.tar.gz -C $R/distill student
 ls -la ${OUT:-/tmp}

@@ -97,12 +97,16 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def _git_commit() -> str | None:
+    """The source commit: git where the package is a checkout, else env ``HRMEDSEG_COMMIT``
+    (set by the benchmark scripts that copy the sources to a machine without the repository)."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              timeout=5, cwd=Path(__file__).parent)
-        return out.stdout.strip() or None
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
     except Exception:
-        return os.environ.get("HRMEDSEG_COMMIT")
+        pass
+    return os.environ.get("HRMEDSEG_COMMIT")
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
