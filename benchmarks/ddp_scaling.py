@@ -17,11 +17,12 @@ import argparse
 import datetime as dt
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from hrmedseg.provenance import source_commit
 
 
 class _Sized:
@@ -35,16 +36,6 @@ class _Sized:
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         raise IndexError("synthetic benchmark: batches are fed directly")
-
-
-def _commit() -> str:
-    if os.environ.get("HRMEDSEG_COMMIT"):
-        return os.environ["HRMEDSEG_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except Exception:
-        return "unknown"
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -109,7 +100,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any] | None:
                "peak_mem_gb_per_gpu": [round(p, 3) for p in peaks],
                "peak_mem_gb_per_image": round(max(peaks) / args.batch, 4),
                "ddp": info.enabled, "backend": dist.get_backend() if info.enabled else None,
-               "device": names, "torch": torch.__version__, "commit": _commit(),
+               "device": names, "torch": torch.__version__, "commit": source_commit() or "unknown",
                "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                "nccl_nvls_enable": os.environ.get("NCCL_NVLS_ENABLE"),
                "command": "torchrun --nproc_per_node=%d %s" % (world, " ".join(sys.argv))}

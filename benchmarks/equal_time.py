@@ -12,6 +12,11 @@ cosine schedule over that budget: ``schedule.horizon=time``). Two phases, one pr
 
 The final weights of each run are evaluated (no checkpoint selection on val, so the val split
 plays no part in phase 2). Writes ``equal_time.json`` and ``equal_time.md`` to ``--out``.
+
+Several GPUs: start one process per GPU with ``--lane I/N`` (``CUDA_VISIBLE_DEVICES=I``), all
+with the same ``--out``; each takes every N-th run of each phase, writes it to
+``OUT/runs/TAG.json``, and waits for the others' sweep results before phase 2; lane 0 writes
+the report. A finished run's file is reused, so rerunning the command resumes.
 """
 from __future__ import annotations
 
@@ -23,21 +28,12 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-
-def _commit() -> str:
-    if os.environ.get("HRMEDSEG_COMMIT"):
-        return os.environ["HRMEDSEG_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except Exception:
-        return "unknown"
+from hrmedseg.provenance import source_commit
 
 
 def run_one(args: argparse.Namespace, dataset: str, model: str, pretrained: str, lr: float,
@@ -59,7 +55,7 @@ def run_one(args: argparse.Namespace, dataset: str, model: str, pretrained: str,
           f"data.root={Path(args.data_root) / dataset}", f"data.size=[{size},{size}]",
           f"data.workers={args.workers}", f"data.augment={args.augment}",
           f"data.cache_dir={Path(args.work) / 'cache' / f'{dataset}_{size}'}",
-          f"optim.name=adamw", f"optim.lr={lr}", f"optim.weight_decay={args.weight_decay}",
+          "optim.name=adamw", f"optim.lr={lr}", f"optim.weight_decay={args.weight_decay}",
           "schedule.name=cosine", "schedule.horizon=time", f"schedule.warmup_epochs={args.warmup}",
           f"loss.name={args.loss}", "train.epochs=100000", f"train.batch_size={args.batch}",
           f"train.precision={args.precision}", f"train.seed={seed}",
@@ -154,6 +150,36 @@ def write_report(out_dir: Path, info: dict[str, Any]) -> None:
     (out_dir / "equal_time.md").write_text("\n".join(lines) + "\n")
 
 
+def _tag(ds: str, model: str, pre: str, seed: int) -> str:
+    return f"{ds}_{model}_{'pre' if pre != 'none' else 'scratch'}_s{seed}"
+
+
+def _run_cached(args: argparse.Namespace, tag: str, *run_args: Any) -> dict[str, Any]:
+    """One run, or its result from ``OUT/runs/TAG.json`` if a lane already wrote it (lanes
+    share OUT; a rerun of the command skips finished runs)."""
+    path = args.out / "runs" / f"{tag}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    r = run_one(args, *run_args, tag)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(r, indent=2) + "\n")
+    os.replace(tmp, path)
+    return r
+
+
+def _wait_for(args: argparse.Namespace, tags: list[str], timeout_s: float) -> list[dict[str, Any]]:
+    """The results of ``tags`` (other lanes' runs included), waiting until all exist."""
+    t0 = time.monotonic()
+    paths = [args.out / "runs" / f"{t}.json" for t in tags]
+    while not all(p.is_file() for p in paths):
+        if time.monotonic() - t0 > timeout_s:
+            missing = [t for t, p in zip(tags, paths) if not p.is_file()]
+            raise SystemExit(f"equal_time: runs {missing} did not finish within {timeout_s:.0f} s")
+        time.sleep(2.0)
+    return [json.loads(p.read_text()) for p in paths]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-root", required=True, help="folder holding one folder per dataset")
@@ -177,57 +203,74 @@ def main() -> int:
     ap.add_argument("--sweep-budget-s", type=float, default=20.0)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--scratch-seeds", default="0", help="seeds of the HRMedSeg-from-scratch runs")
+    ap.add_argument("--lane", default="0/1",
+                    help="I/N: this process runs every N-th run starting at I (one process per "
+                         "GPU, all writing to the same --out); lane 0 writes the final report")
+    ap.add_argument("--wait-s", type=float, default=3600.0,
+                    help="how long a lane waits for the other lanes' runs")
     args = ap.parse_args()
     import torch
 
+    lane, lanes = (int(v) for v in args.lane.split("/"))
+    if not 0 <= lane < lanes:
+        ap.error(f"--lane {args.lane}: need 0 <= I < N")
     args.out.mkdir(parents=True, exist_ok=True)
+    args.work = str(Path(args.work) / f"lane{lane}") if lanes > 1 else args.work
     lrs = [float(x) for x in args.lrs.split(",")]
-    models = {"hrmedseg (distilled encoder)": ("hrmedseg", args.pretrained),
-              f"{args.baseline} (scratch)": (args.baseline, "none")}
+    hr_label, base_label = "hrmedseg (distilled encoder)", f"{args.baseline} (scratch)"
+    models = {hr_label: ("hrmedseg", args.pretrained), base_label: (args.baseline, "none")}
     dev = "cpu" if args.device == "cpu" or not torch.cuda.is_available() else "cuda"
     info: dict[str, Any] = {
         "device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu",
         "torch": torch.__version__, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "commit": _commit(), "size": args.size, "batch": args.batch, "precision": args.precision,
+        "commit": source_commit() or "unknown", "size": args.size, "batch": args.batch, "precision": args.precision,
         "budget_s": args.budget_s, "sweep_budget_s": args.sweep_budget_s, "lrs": lrs,
         "weight_decay": args.weight_decay, "warmup": args.warmup, "loss": args.loss,
         "augment": args.augment, "baseline": args.baseline, "pretrained": args.pretrained,
-        "sweep_dataset": args.sweep_dataset, "sweep": {}, "chosen_lr": {}, "comparison": {},
-        "runs": [], "command": " ".join(sys.argv)}
-    for label, (model, pre) in models.items():
-        rows = []
-        for lr in lrs:
-            rows.append(run_one(args, args.sweep_dataset, model, pre, lr, 0, args.sweep_budget_s,
-                                "val", f"sweep_{model}_{lr:g}"))
-            info["runs"].append(rows[-1])
-            write_report(args.out, info)
-        info["sweep"][label] = rows
-        best = max(rows, key=lambda r: r.get("dice@model", -1.0))
+        "sweep_dataset": args.sweep_dataset, "lanes": lanes, "sweep": {}, "chosen_lr": {},
+        "comparison": {}, "runs": [], "command": " ".join(sys.argv)}
+
+    # Phase 1: the lr sweep (train -> val), its runs dealt out over the lanes.
+    sweep = [(label, model, pre, lr) for label, (model, pre) in models.items() for lr in lrs]
+    sweep_tags = [f"sweep_{model}_{lr:g}" for _, model, _, lr in sweep]
+    for i, ((label, model, pre, lr), tag) in enumerate(zip(sweep, sweep_tags)):
+        if i % lanes == lane:
+            _run_cached(args, tag, args.sweep_dataset, model, pre, lr, 0, args.sweep_budget_s, "val")
+    results = _wait_for(args, sweep_tags, args.wait_s)
+    for (label, _, _, _), r in zip(sweep, results):
+        info["sweep"].setdefault(label, []).append(r)
+        info["runs"].append(r)
+    for label, rows in info["sweep"].items():
+        # Ties (e.g. every lr still at Dice 0) go to the lr nearest the recipe's 1e-3.
+        best = max(rows, key=lambda r: (r.get("dice@model", -1.0), -abs(r["lr"] - 1e-3)))
         info["chosen_lr"][label] = best["lr"]
+    if lane == 0:
         write_report(args.out, info)
+
+    # Phase 2: equal-time runs on the test split, dealt out over the lanes.
     seeds = [int(s) for s in args.seeds.split(",")]
     scratch_seeds = [int(s) for s in args.scratch_seeds.split(",") if s.strip()]
-    hr_label = "hrmedseg (distilled encoder)"
     plan = [(hr_label, "hrmedseg", args.pretrained, info["chosen_lr"][hr_label], seeds),
-            (f"{args.baseline} (scratch)", args.baseline, "none",
-             info["chosen_lr"][f"{args.baseline} (scratch)"], seeds),
+            (base_label, args.baseline, "none", info["chosen_lr"][base_label], seeds),
             ("hrmedseg (scratch, same recipe)", "hrmedseg", "none", info["chosen_lr"][hr_label],
              scratch_seeds)]
-    for ds in args.datasets.split(","):
-        groups: dict[str, list[dict[str, Any]]] = {}
-        info["comparison"][ds] = groups
-        for seed_i in range(max(len(seeds), len(scratch_seeds))):
-            for label, model, pre, lr, sds in plan:
-                if seed_i >= len(sds):
-                    continue
-                r = run_one(args, ds, model, pre, lr, sds[seed_i], args.budget_s, "test",
-                            f"{ds}_{model}_{'pre' if pre != 'none' else 'scratch'}_s{sds[seed_i]}")
-                groups.setdefault(label, []).append(r)
-                info["runs"].append(r)
-                write_report(args.out, info)
-                src = Path(args.work) / "runs" / r["tag"] / "eval_test"
-                if src.is_dir():
-                    shutil.copytree(src, args.out / "eval" / r["tag"], dirs_exist_ok=True)
+    runs = [(ds, label, model, pre, lr, sds[i])
+            for ds in args.datasets.split(",")
+            for i in range(max(len(seeds), len(scratch_seeds)))
+            for label, model, pre, lr, sds in plan if i < len(sds)]
+    tags = [_tag(ds, model, pre, seed) for ds, _, model, pre, _, seed in runs]
+    for i, ((ds, label, model, pre, lr, seed), tag) in enumerate(zip(runs, tags)):
+        if i % lanes != lane:
+            continue
+        _run_cached(args, tag, ds, model, pre, lr, seed, args.budget_s, "test")
+        src = Path(args.work) / "runs" / tag / "eval_test"
+        if src.is_dir():
+            shutil.copytree(src, args.out / "eval" / tag, dirs_exist_ok=True)
+    if lane != 0:
+        return 0
+    for (ds, label, *_), r in zip(runs, _wait_for(args, tags, args.wait_s)):
+        info["comparison"].setdefault(ds, {}).setdefault(label, []).append(r)
+        info["runs"].append(r)
     write_report(args.out, info)
     print((args.out / "equal_time.md").read_text())
     return 0

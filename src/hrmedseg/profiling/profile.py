@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import platform
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..provenance import source_commit
 from .macs import count_macs
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -53,12 +53,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "torch": torch.__version__, "python": platform.python_version(),
         "host_cpu": platform.processor() or platform.machine(),
     }
-    import os
-    try:
-        env["commit"] = os.environ.get("HRMEDSEG_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                       text=True, timeout=5).stdout.strip() or None
-    except Exception:
-        env["commit"] = None
+    env["commit"] = source_commit()
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda

@@ -10,7 +10,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..evaluation.torch_metrics import logits_to_labels, per_image_dice_iou
+from ..provenance import source_commit
 from .metrics_log import append_csv_row
 from .checkpoint import find_checkpoint, load_state, save_checkpoint
 from .config import Config, save_config
@@ -94,19 +94,6 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     if o.name == "adamw":
         return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
     return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-
-
-def _git_commit() -> str | None:
-    """The source commit: git where the package is a checkout, else env ``HRMEDSEG_COMMIT``
-    (set by the benchmark scripts that copy the sources to a machine without the repository)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=Path(__file__).parent)
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip()
-    except Exception:
-        pass
-    return os.environ.get("HRMEDSEG_COMMIT")
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -337,7 +324,7 @@ class Trainer:
             "sync_batchnorm": self.sync_bn,
             "gpu": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
             "torch": torch.__version__, "python": platform.python_version(),
-            "commit": _git_commit(), "resumed": resumed, "argv": sys.argv,
+            "commit": source_commit(), "resumed": resumed, "argv": sys.argv,
             "train_samples": len(self.train_set),  # type: ignore[arg-type]
             "val_samples": len(self.val_set) if self.val_set is not None else 0,  # type: ignore[arg-type]
         }
