@@ -128,7 +128,7 @@ def write_report(out_dir: Path, info: dict[str, Any]) -> None:
              f"{info['budget_s']} s of training per run (sweep: {info['sweep_budget_s']} s), "
              f"recipe: AdamW wd {info['weight_decay']}, cosine over the time budget, warm-up "
              f"{info['warmup']} epoch, loss {info['loss']}, augmentation {info['augment']}.", "",
-             "## Learning-rate sweep (Kvasir-SEG train → val Dice, model resolution)", "",
+             f"## Learning-rate sweep ({info['sweep_dataset']} train → val Dice, model resolution)", "",
              "| model | " + " | ".join(f"lr {lr:g}" for lr in info["lrs"]) + " | chosen |",
              "|---|" + "---|" * (len(info["lrs"]) + 1)]
     for name, rows in info["sweep"].items():

@@ -66,3 +66,51 @@ def test_resize_mask_to() -> None:
     assert lab.shape == (8, 12) and set(lab.unique().tolist()) == {0, 2} and (lab[:, 7:] == 2).all()
     with pytest.raises(ValueError):
         resize_mask_to(torch.zeros(4, 4), 8)
+
+
+def _elastic_pair(size: int, seed: int):
+    import albumentations as A
+    import cv2
+
+    from hrmedseg.data.transforms import _ElasticTransform
+
+    kw = dict(alpha=0.0053 * size * size, sigma=0.04 * size, p=1.0)
+    ours, ref = _ElasticTransform(**kw), A.ElasticTransform(**kw)
+    ours.set_random_seed(seed)
+    ref.set_random_seed(seed)
+    return ours, ref, cv2
+
+
+def test_coarse_elastic_field_matches_albumentations_statistics() -> None:
+    """The coarse-grid field has the full-resolution field's displacement RMS and correlation
+    length in the image interior (albumentations' replicated border is excluded on purpose)."""
+    size, m = 256, 64
+    ours, ref, _ = _elastic_pair(size, 0)
+    grid = np.stack(np.meshgrid(np.arange(size), np.arange(size)))
+    stats = {}
+    for name, t in (("ours", ours), ("ref", ref)):
+        rms, corr = [], []
+        for _ in range(12):
+            p = t.get_params_dependent_on_data({"shape": (size, size)}, {})
+            d = (np.stack([p["map_x"], p["map_y"]]) - grid)[:, m:-m, m:-m]
+            rms.append(np.sqrt(np.mean(d ** 2)))
+            corr.append(np.mean(d[0][:, :-5] * d[0][:, 5:]) / np.mean(d[0] ** 2))
+        stats[name] = (np.mean(rms), np.mean(corr))
+    assert stats["ours"][0] == pytest.approx(stats["ref"][0], rel=0.2)
+    assert stats["ours"][1] == pytest.approx(stats["ref"][1], abs=0.05)
+
+
+def test_coarse_elastic_warps_image_and_mask_like_float_remap() -> None:
+    """Fixed-point maps give the float map's mask exactly and the image within rounding."""
+    ours, _, cv2 = _elastic_pair(128, 3)
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8), (0, 0), 2.0)  # image-like
+    mask = rng.integers(0, 3, (128, 128), dtype=np.uint8)
+    p = ours.get_params_dependent_on_data({"shape": (128, 128)}, {})
+    ref_mask = cv2.remap(mask, p["map_x"], p["map_y"], cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
+    ref_img = cv2.remap(img, p["map_x"], p["map_y"], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    out_mask, out_img = ours.apply_to_mask(mask, **p), ours.apply(img, **p)
+    assert np.array_equal(out_mask, ref_mask) and set(np.unique(out_mask)) <= {0, 1, 2}
+    diff = np.abs(out_img.astype(int) - ref_img.astype(int))
+    assert out_img.shape == img.shape and diff.mean() < 0.3 and diff.max() <= 4
+    assert not np.array_equal(out_mask, mask)  # it did warp
