@@ -86,3 +86,48 @@ def test_bad_dataset_is_one_line_error(tmp_path, capsys):
     rc = main(tiny_args(tmp_path / "empty", tmp_path / "run"))
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "not a recognised dataset layout" in err[0]
+
+
+class _SlowStartDataset(torch.utils.data.Dataset):
+    """Tiny float items; the first one takes ``delay`` seconds (a DataLoader starting up)."""
+
+    def __init__(self, n: int = 8, delay: float = 2.0) -> None:
+        self.n, self.delay, self.first = n, delay, True
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        if self.first:
+            self.first = False
+            time.sleep(self.delay)
+        g = torch.Generator().manual_seed(i)
+        return {"image": torch.randn(3, 32, 32, generator=g), "mask": (torch.rand(32, 32, generator=g) > 0.5).long(),
+                "stem": f"s{i}"}
+
+
+def test_time_budget_and_time_schedule_start_at_the_first_batch(tmp_path):
+    """A 1-second budget is 1 s of training, not eaten by a 2 s loader start-up, and the
+    time-horizon lr starts its warm-up at the first step instead of having decayed."""
+    from hrmedseg.training.config import load_config
+    from hrmedseg.training.losses import build_loss
+    from hrmedseg.training.run import build_model
+    from hrmedseg.training.trainer import Trainer
+
+    from _trainutils import TINY_OVERRIDES
+
+    cfg = load_config("paper", ["data.size=32", "data.workers=0", "train.batch_size=2", "train.epochs=1000",
+                                "train.precision=fp32", f"train.out_dir={tmp_path / 'run'}", "train.val_every=1000",
+                                "schedule.name=cosine", "schedule.horizon=time", "schedule.warmup_epochs=0",
+                                f"train.time_limit_min={1 / 60}", "train.device=cpu", TINY_OVERRIDES])
+    net = build_model(cfg)
+    trainer = Trainer(cfg, net, build_loss("dice_ce", 1), _SlowStartDataset())
+    lrs = []
+    set_lr = trainer._set_lr
+    trainer._set_lr = lambda: lrs.append(set_lr()) or lrs[-1]
+    t0 = time.monotonic()
+    result = trainer.fit(resume=False)
+    trainer.close()
+    assert result.stopped_early and result.global_step > 2
+    assert time.monotonic() - t0 >= 2.9            # start-up + the whole 1 s budget
+    assert lrs[0] == pytest.approx(cfg.optim.lr, rel=0.05)   # no decay before the first step

@@ -343,7 +343,10 @@ class Trainer:
         resumed = self.resume() if resume else False
         self._write_run_files(resumed)
         cfg = self.cfg
-        self._session_start = time.monotonic()
+        # The training clock (time budget, time-horizon schedule) starts at this session's first
+        # batch: DataLoader start-up is not training time, and counting it would decay a
+        # time-horizon lr before the first step (9 s of an 18 s budget in one GPU run).
+        self._session_start = None
         stopped = False
         self.net.train()
         while self.epoch < cfg.train.epochs and not stopped:
@@ -357,6 +360,8 @@ class Trainer:
                        desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}", unit="batch",
                        disable=not self.info.is_main, dynamic_ncols=True, file=sys.stderr)
             for batch in loader:
+                if self._session_start is None:
+                    self._session_start = time.monotonic()
                 lr = self._set_lr()
                 loss = self.train_step(batch)
                 self.batch_in_epoch += 1
