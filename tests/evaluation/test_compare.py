@@ -43,6 +43,8 @@ def test_compare_two_tiny_models(tmp_path, capsys, monkeypatch):
     md = (out / "compare.md").read_text()
     assert "| Method | Params (M) | MACs (G) | #Mem (GB) | Train img/s | Dice (%) | IoU (%) | HD95 (px) |" in md
     assert "| hrmedseg_tiny |" in md and "| unet_small |" in md
+    # the header says what the runs used, not only the recipe's name (paper = adam 1e-4)
+    assert "recipe paper with its overrides (adam lr 0.0001" in md and "fp32, batch 4" in md
     rows = list(csv.DictReader((out / "compare.csv").open()))
     assert [r["label"] for r in rows] == ["hrmedseg_tiny", "unet_small"]
     js = json.loads((out / "compare.json").read_text())

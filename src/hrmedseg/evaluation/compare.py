@@ -232,7 +232,9 @@ def format_compare_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str
     lines = []
     if meta:
         lines.append(f"Test split, {meta.get('resolution', 'model_resolution').replace('_', ' ')}; "
-                     f"recipe {meta.get('recipe')}, {meta.get('epochs')} epochs, seed {meta.get('seed')}, "
+                     f"recipe {meta.get('recipe')}"
+                     + (f" with its overrides ({meta['training']})" if meta.get("training") else "")
+                     + f", {meta.get('epochs')} epochs, seed {meta.get('seed')}, "
                      f"data {meta.get('data')}. MACs: thop convention at batch 1; #Mem: peak training "
                      f"memory per image ({meta.get('profile_dtype', 'fp32')}, "
                      f"{meta.get('profile_device') or 'CUDA only'}).")
@@ -330,7 +332,12 @@ def run_compare(spec: CompareSpec, out_dir: str | Path | None = None, device: st
     meta = {"source": spec.source, "recipe": spec.recipe, "resolution": spec.resolution,
             "epochs": first.train.epochs, "seed": first.train.seed, "data": first.data.root,
             "size": first.data.size, "profile_dtype": spec.profile.get("dtype", "fp32"),
-            "profile_device": prof_dev}
+            "profile_device": prof_dev,
+            # What the runs actually used (the recipe name alone hides the shared overrides).
+            "training": (f"{first.optim.name} lr {first.optim.lr:g} wd {first.optim.weight_decay:g}, "
+                         f"{first.schedule.name} schedule, loss {first.loss.name}, augment "
+                         f"{first.data.augment}, {first.train.precision}, batch {first.train.batch_size}, "
+                         f"pretrained {first.model.pretrained}")}
     from ..profiling.profile import environment
     import torch
     meta["env"] = environment(torch.device("cpu"))
