@@ -11,13 +11,7 @@
 # Each stage logs to $R/logs/<stage>.log and appends start/end lines to $R/status.
 # DRY=1: every stage on the CPU with tiny sizes (a rehearsal of the same commands).
 set -u
-J=${JOB:-/tmp/job}; R=$J/results; REPO=${REPO:-$(pwd)}; DRY=${DRY:-0}
-mkdir -p $R/logs
-export PYTHONPATH=$J/src:${EXTRA_SITE:-/tmp/site} PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1
-export HRMEDSEG_COMMIT=${HRMEDSEG_COMMIT:-unknown} MPLBACKEND=Agg
-# NVLink multicast stays off (the lent machines' rule), also for torchrun's children.
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-PY=${PY:-python3}
+source "$(dirname "$0")/../pipeline_env.sh"
 if [ "$DRY" = 1 ]; then
   DEV=cpu; NGPU=2; SIZE=64; BUDGET=3; SWEEP=2; SEEDS=0; LRS=1e-3; WORKERS=2; CMP_SIZE=64
   CMP_EPOCHS=1; DDP_SIZE=64; DDP_B=2; DDP_IT="--warmup 1 --iters 2"; REAL_EP=1; REAL_SIZE=64
@@ -30,8 +24,6 @@ else
   Q=""; BASE=unet_resnet34; ETX=""; CMPX=""
   GA=0; GB=1   # the GPU of each lane
 fi
-rm -rf $J/src.new && cp -r $REPO/src $J/src.new && rm -rf $J/src && mv $J/src.new $J/src
-rm -rf $J/bench && cp -r $REPO/benchmarks $J/bench
 stage() {
   local name=$1; shift
   echo "$(date -u +%T) start $name" >> $R/status
@@ -95,7 +87,7 @@ lane_b() {
 }
 
 echo "$(date -u +%T) pipeline start (DRY=$DRY, $NGPU GPUs)" >> $R/status
-[ -f $J/wheels_ready ] || [ "$DRY" = 1 ] || { for i in $(seq 1 300); do [ -f $J/wheels_ready ] && break; sleep 1; done; }
+wait_wheels
 stage ddp_scaling ddp_scaling
 if [ "$NGPU" -ge 2 ]; then
   lane_a & PA=$!

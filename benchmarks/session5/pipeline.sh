@@ -7,12 +7,7 @@
 # default 120) and SWEEP (s per sweep run, default 60): 6 sweep + 14 comparison runs, about
 # 12 min on four GPUs. DRY=1 rehearses on the CPU with tiny sizes.
 set -u
-J=${JOB:-/tmp/job}; R=$J/results; REPO=${REPO:-$(pwd)}; DRY=${DRY:-0}
-mkdir -p $R/logs
-export PYTHONPATH=$J/src:${EXTRA_SITE:-/tmp/site} PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1
-export HRMEDSEG_COMMIT=${HRMEDSEG_COMMIT:-unknown} MPLBACKEND=Agg
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-PY=${PY:-python3}
+source "$(dirname "$0")/../pipeline_env.sh"
 if [ "$DRY" = 1 ]; then
   DEV=cpu; N=2; ARGS="--size 64 --budget-s 2 --sweep-budget-s 2 --lrs 1e-3,2e-3 --seeds 0 --workers 0 --batch 4 --precision fp32 --baseline unet_small --datasets dsb2018 --sweep-dataset dsb2018"
 else
@@ -20,10 +15,8 @@ else
   W=$(( ($(nproc) - 2) / N )); [ $W -gt 14 ] && W=14
   ARGS="--size 512 --budget-s ${BUDGET:-120} --sweep-budget-s ${SWEEP:-60} --lrs 5e-4,1e-3,2e-3 --seeds 0,1,2 --workers $W --baseline unet_resnet34"
 fi
-rm -rf $J/src.new && cp -r $REPO/src $J/src.new && rm -rf $J/src && mv $J/src.new $J/src
-rm -rf $J/bench && cp -r $REPO/benchmarks $J/bench
 echo "$(date -u +%T) pipeline start (DRY=$DRY, $N lanes)" >> $R/status
-[ -f $J/wheels_ready ] || [ "$DRY" = 1 ] || { for i in $(seq 1 300); do [ -f $J/wheels_ready ] && break; sleep 1; done; }
+wait_wheels
 pids=""
 for i in $(seq 0 $((N - 1))); do
   ( [ "$DEV" = cuda ] && export CUDA_VISIBLE_DEVICES=$i

@@ -8,6 +8,50 @@ from torch import nn
 import torch.nn.functional as F
 
 
+def _separable_avg(x: torch.Tensor, k: int) -> torch.Tensor:
+    """k×k stride-1 average over the in-image part of each window, as a (1, k) then a (k, 1) pass."""
+    x = F.avg_pool2d(x, (1, k), stride=1, padding=(0, k // 2), count_include_pad=False)
+    return F.avg_pool2d(x, (k, 1), stride=1, padding=(k // 2, 0), count_include_pad=False)
+
+
+def _window_counts(n: int, k: int, like: torch.Tensor) -> torch.Tensor:
+    """How many in-image positions the length-k window centred at each of n positions covers."""
+    i = torch.arange(n, device=like.device)
+    r = k // 2
+    return ((i + r).clamp(max=n - 1) - (i - r).clamp(min=0) + 1).to(like.dtype)
+
+
+class _SeparableMultiscalePoolingFn(torch.autograd.Function):
+    """δ with a hand-written backward that saves no tensor for it.
+
+    δ is linear: δ(x) = Σ_k A_k x − (n−1) x, with A_k the average over the in-image window. Its
+    adjoint is A_kᵀ g = box_k(g / count_k) (the window is symmetric; count_k, the number of
+    in-image pixels of each output's window, factors over rows and columns), where box_k is a
+    zero-padded window sum — two stride-1 forward poolings. So the backward needs only the
+    shapes: no pooled intermediate is kept alive for it, and PyTorch's slow channels-last
+    avg_pool2d backward kernel is not used.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, kernel_sizes: tuple[int, ...]) -> torch.Tensor:  # type: ignore[override]
+        ctx.kernel_sizes = kernel_sizes
+        out = -(len(kernel_sizes) - 1) * x
+        for k in kernel_sizes:
+            out = out + _separable_avg(x, k)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        ks = ctx.kernel_sizes
+        h, w = g.shape[-2:]
+        grad = -(len(ks) - 1) * g
+        for k in ks:
+            scaled = g / (_window_counts(h, k, g).view(h, 1) * _window_counts(w, k, g).view(1, w))
+            t = F.avg_pool2d(scaled, (1, k), stride=1, padding=(0, k // 2), count_include_pad=True) * k
+            grad = grad + F.avg_pool2d(t, (k, 1), stride=1, padding=(k // 2, 0), count_include_pad=True) * k
+        return grad, None
+
+
 class MultiscalePooling(nn.Module):
     """δ(h) = h + Σ_k (AvgPool_k(h) − h), PoolFormer-style, k ∈ ``kernel_sizes``.
 
@@ -22,7 +66,10 @@ class MultiscalePooling(nn.Module):
     of an H100 training step: benchmarks/results/speed_gpu_h100/.) ``"direct"`` is the plain
     reference and this layer's default; HRMedSeg's config picks ``"separable"``, measured on an
     H200 at 1024², batch 16, bf16: 156 → 202 training images/s, 573 → 657 inference images/s,
-    peak training memory 0.381 → 0.406 GB per image (benchmarks/results/speed_h200/).
+    peak training memory 0.381 → 0.406 GB per image (benchmarks/results/speed_h200/). Since
+    then its training backward is the hand-written adjoint of
+    :class:`_SeparableMultiscalePoolingFn`, which keeps no pooled intermediate alive (exact; tested
+    on the CPU, not yet timed on a GPU).
     """
 
     def __init__(self, kernel_sizes: Sequence[int] = (5, 9, 13), impl: str = "direct") -> None:
@@ -37,13 +84,16 @@ class MultiscalePooling(nn.Module):
 
     def _avg(self, x: torch.Tensor, k: int) -> torch.Tensor:
         if self.impl == "separable":
-            x = F.avg_pool2d(x, (1, k), stride=1, padding=(0, k // 2), count_include_pad=False)
-            return F.avg_pool2d(x, (k, 1), stride=1, padding=(k // 2, 0), count_include_pad=False)
+            return _separable_avg(x, k)
         return F.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.kernel_sizes:
             return x
+        if self.impl == "separable" and x.requires_grad and torch.is_grad_enabled():
+            # Training: the adjoint backward (no saved intermediates). Inference and export
+            # take the plain separable ops below.
+            return _SeparableMultiscalePoolingFn.apply(x, self.kernel_sizes)
         n = len(self.kernel_sizes)
         pooled = sum(self._avg(x, k) for k in self.kernel_sizes)
         return pooled - (n - 1) * x
