@@ -5,7 +5,7 @@
 #   HRMEDSEG_COMMIT=... PIPELINE=benchmarks/session5/pipeline.sh bash benchmarks/session3/launch.sh 530
 # with carry [".gpu/s3", ".whl"]; poll.sh collects. Budgets: BUDGET (s per comparison run,
 # default 120) and SWEEP (s per sweep run, default 60): 6 sweep + 14 comparison runs, about
-# 12 min on four GPUs. DRY=1 rehearses on the CPU with tiny sizes.
+# 12 min on four GPUs, then the pooling profiles of issue 7 (~2 min). DRY=1 rehearses on the CPU.
 set -u
 source "$(dirname "$0")/../pipeline_env.sh"
 if [ "$DRY" = 1 ]; then
@@ -27,5 +27,16 @@ for i in $(seq 0 $((N - 1))); do
   pids="$pids $!"
 done
 wait $pids
+# Issue 7: time the separable pooling's adjoint backward against the direct pooling, fp32 and bf16
+# (same harness as results/speed_h200/), and its GPU parity.
+PS=1024; [ "$DRY" = 1 ] && PS=128
+( [ "$DEV" = cuda ] && export CUDA_VISIBLE_DEVICES=0
+  echo "$(date -u +%T) start pooling profiles" >> $R/status
+  for dt in bf16 fp32; do for impl in direct separable; do
+    $PY -m hrmedseg profile hrmedseg --size $PS --batch 16 --device $DEV --dtype $dt --no-macs \
+      --set pool_impl=$impl --json $R/profile_pool_${impl}_$dt.json
+  done; done > $R/logs/pooling.log 2>&1
+  $PY $J/bench/speed_gpu.py $([ "$DRY" = 1 ] && echo --quick) --parts parity -o $R/speed_gpu_parity.json >> $R/logs/pooling.log 2>&1
+  echo "$(date -u +%T) end pooling profiles rc=$?" >> $R/status )
 echo "$(date -u +%T) pipeline done" >> $R/status
 touch $R/DONE
