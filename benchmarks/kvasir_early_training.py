@@ -30,7 +30,6 @@ import datetime as dt
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from hrmedseg.provenance import source_commit
 
 # Each variant: overrides of the default setting (see ``default_spec``).
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -73,14 +74,6 @@ def default_spec(args: argparse.Namespace) -> dict[str, Any]:
             "warmup_steps": args.warmup_steps, "augment": args.augment, "out_bias": None,
             "model_overrides": {}, "weight_decay": args.weight_decay, "size": args.size,
             "batch": args.batch, "precision": args.precision, "steps": args.steps}
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=Path(__file__).resolve().parent).stdout.strip()
-    except Exception:
-        return "unknown"
 
 
 class WithBias(nn.Module):
@@ -200,13 +193,13 @@ def run_variant(args: argparse.Namespace, name: str) -> dict[str, Any]:
     run_dir = Path(args.work) / "runs" / name
     warm_epochs = spec["warmup_steps"] * bs / args.train_images
     ov = [f"model.name={spec['model']}", f"model.pretrained={spec['pretrained']}",
-          f"data.root={args.data_root}", f"data.size=[{size},{size}]", "data.workers=0",
+          f"data.root={args.data_root}", f"data.size=[{size},{size}]", f"data.workers={args.workers}",
           f"data.augment={spec['augment']}", f"data.cache_dir={Path(args.work) / f'cache_{size}'}",
           "optim.name=adamw", f"optim.lr={spec['lr']}", f"optim.weight_decay={spec['weight_decay']}",
           "schedule.name=cosine", "schedule.horizon=time", f"schedule.warmup_epochs={warm_epochs}",
           f"loss.name={spec['loss']}", "train.epochs=100000", f"train.batch_size={bs}",
           f"train.precision={spec['precision']}", f"train.seed={args.seed}",
-          "train.time_limit_min=1.0", f"train.out_dir={run_dir}", "train.device=cpu"]
+          "train.time_limit_min=1.0", f"train.out_dir={run_dir}", f"train.device={args.device}"]
     cfg = load_config(None, ov)
     cfg.model.overrides = dict(spec["model_overrides"])
     cfg.loss.kwargs = dict(spec["loss_kwargs"])
@@ -408,6 +401,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-root", default=".gpu/s3/kvasir-seg")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/kvasir_early_training_cpu"))
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the GPU runs stalled; the CPU ones did not)")
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers (the GPU runs used 12)")
     ap.add_argument("--work", default="/tmp/kvasir_early_training")
     ap.add_argument("--variants", default="default")
     ap.add_argument("--size", type=int, default=256)
@@ -436,7 +431,7 @@ def main() -> int:
             {k: v for k, v in settings.items() if k != "data_root"}:
         raise SystemExit(f"{jpath} was made with other settings {info['settings']}; use another --out")
     info.update({"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                 "torch": torch.__version__, "commit": _commit(), "device": "cpu",
+                 "torch": torch.__version__, "commit": source_commit() or "unknown", "device": args.device,
                  "settings": settings, "variants_defined": VARIANTS})
     info.setdefault("commands", []).append(" ".join(sys.argv))
     for name in args.variants.split(","):
