@@ -8,10 +8,16 @@ from torch import nn
 import torch.nn.functional as F
 
 
-def _separable_avg(x: torch.Tensor, k: int) -> torch.Tensor:
-    """k×k stride-1 average over the in-image part of each window, as a (1, k) then a (k, 1) pass."""
-    x = F.avg_pool2d(x, (1, k), stride=1, padding=(0, k // 2), count_include_pad=False)
-    return F.avg_pool2d(x, (k, 1), stride=1, padding=(k // 2, 0), count_include_pad=False)
+def _separable_avg(x: torch.Tensor, k: int, count_include_pad: bool = False) -> torch.Tensor:
+    """k×k stride-1 average as a (1, k) then a (k, 1) pass: over the in-image part of each window,
+    or, with ``count_include_pad``, over all k² positions (zero padding; × k² is the window sum)."""
+    x = F.avg_pool2d(x, (1, k), stride=1, padding=(0, k // 2), count_include_pad=count_include_pad)
+    return F.avg_pool2d(x, (k, 1), stride=1, padding=(k // 2, 0), count_include_pad=count_include_pad)
+
+
+def _delta(x: torch.Tensor, kernel_sizes: Sequence[int], avg) -> torch.Tensor:
+    """δ(x) = x + Σ_k (avg(x, k) − x), with ``avg`` one of the k×k averages."""
+    return sum(avg(x, k) for k in kernel_sizes) - (len(kernel_sizes) - 1) * x
 
 
 def _window_counts(n: int, k: int, like: torch.Tensor) -> torch.Tensor:
@@ -35,10 +41,7 @@ class _SeparableMultiscalePoolingFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, kernel_sizes: tuple[int, ...]) -> torch.Tensor:  # type: ignore[override]
         ctx.kernel_sizes = kernel_sizes
-        out = -(len(kernel_sizes) - 1) * x
-        for k in kernel_sizes:
-            out = out + _separable_avg(x, k)
-        return out
+        return _delta(x, kernel_sizes, _separable_avg)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):  # type: ignore[override]
@@ -47,8 +50,7 @@ class _SeparableMultiscalePoolingFn(torch.autograd.Function):
         grad = -(len(ks) - 1) * g
         for k in ks:
             scaled = g / (_window_counts(h, k, g).view(h, 1) * _window_counts(w, k, g).view(1, w))
-            t = F.avg_pool2d(scaled, (1, k), stride=1, padding=(0, k // 2), count_include_pad=True) * k
-            grad = grad + F.avg_pool2d(t, (k, 1), stride=1, padding=(k // 2, 0), count_include_pad=True) * k
+            grad = grad + _separable_avg(scaled, k, count_include_pad=True) * (k * k)
         return grad, None
 
 
@@ -94,9 +96,7 @@ class MultiscalePooling(nn.Module):
             # Training: the adjoint backward (no saved intermediates). Inference and export
             # take the plain separable ops below.
             return _SeparableMultiscalePoolingFn.apply(x, self.kernel_sizes)
-        n = len(self.kernel_sizes)
-        pooled = sum(self._avg(x, k) for k in self.kernel_sizes)
-        return pooled - (n - 1) * x
+        return _delta(x, self.kernel_sizes, self._avg)
 
     def extra_repr(self) -> str:
         return f"kernel_sizes={self.kernel_sizes}, impl={self.impl!r}"
