@@ -25,7 +25,6 @@ import csv
 import datetime as dt
 import gc
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -33,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hrmedseg.atomic import atomic_write_bytes
 from hrmedseg.provenance import source_commit
 
 
@@ -161,10 +161,7 @@ def _run_cached(args: argparse.Namespace, tag: str, *run_args: Any) -> dict[str,
     if path.is_file():
         return json.loads(path.read_text())
     r = run_one(args, *run_args, tag)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(r, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, (json.dumps(r, indent=2) + "\n").encode())  # other lanes poll for it
     return r
 
 
