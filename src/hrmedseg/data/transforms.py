@@ -118,6 +118,11 @@ _CV2_ROTATE = {1: cv2.ROTATE_90_COUNTERCLOCKWISE, 2: cv2.ROTATE_180, 3: cv2.ROTA
 _CV2_DTYPES = (np.uint8, np.uint16, np.int16, np.int32, np.float32, np.float64)
 
 
+def _cv2_ok(img: np.ndarray) -> bool:
+    """An array OpenCV's rotate/remap take directly: 2-D or HWC with at most 4 channels."""
+    return img.ndim in (2, 3) and (img.ndim == 2 or img.shape[2] <= 4) and img.dtype in _CV2_DTYPES
+
+
 class _RandomRotate90(A.RandomRotate90):
     """``A.RandomRotate90`` with ``cv2.rotate`` instead of ``np.rot90`` + copy: identical output
     (both rotate counter-clockwise ``factor`` times), 2x (float) to 7x (uint8 RGB) faster."""
@@ -126,7 +131,7 @@ class _RandomRotate90(A.RandomRotate90):
         k = int(factor) % 4
         if k == 0:
             return img
-        if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] > 4) or img.dtype not in _CV2_DTYPES:
+        if not _cv2_ok(img):
             return np.ascontiguousarray(np.rot90(img, k))
         out = cv2.rotate(np.ascontiguousarray(img), _CV2_ROTATE[k])
         return out.reshape(*out.shape[:2], *img.shape[2:])
@@ -235,19 +240,15 @@ class _ElasticTransform(A.ElasticTransform):
         fixed_nn = cv2.convertMaps(maps, None, cv2.CV_16SC2, nninterpolation=True)[0]
         return {"map_x": maps[..., 0], "map_y": maps[..., 1], "fixed": fixed, "fixed_nn": fixed_nn}
 
-    @staticmethod
-    def _cv2_ok(img: np.ndarray) -> bool:
-        return img.dtype in _CV2_DTYPES and (img.ndim == 2 or img.shape[2] <= 4)
-
     def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
-        if not self._cv2_ok(img):
+        if not _cv2_ok(img):
             return super().apply(img, **params)
         m1, m2 = params["fixed"]
         out = cv2.remap(img, m1, m2, self.interpolation, borderMode=self.border_mode, borderValue=self.fill)
         return out.reshape(img.shape)
 
     def apply_to_mask(self, mask: np.ndarray, **params: Any) -> np.ndarray:
-        if self.mask_interpolation != cv2.INTER_NEAREST or not self._cv2_ok(mask):
+        if self.mask_interpolation != cv2.INTER_NEAREST or not _cv2_ok(mask):
             return super().apply_to_mask(mask, **params)
         out = cv2.remap(mask, params["fixed_nn"], None, cv2.INTER_NEAREST, borderMode=self.border_mode,
                         borderValue=self.fill_mask)
