@@ -60,7 +60,7 @@ def run_one(args: argparse.Namespace, dataset: str, model: str, pretrained: str,
           f"loss.name={args.loss}", "train.epochs=100000", f"train.batch_size={args.batch}",
           f"train.precision={args.precision}", f"train.seed={seed}",
           f"train.time_limit_min={budget_s / 60.0}", "train.val_every=100000",
-          f"train.out_dir={run_dir}", f"train.device={args.device}"]
+          f"train.out_dir={run_dir}", f"train.device={args.device}"] + list(args.set)
     cfg = load_config(None, ov)
     seed_everything(seed, False)
     net = build_model(cfg)
@@ -127,7 +127,9 @@ def write_report(out_dir: Path, info: dict[str, Any]) -> None:
              f"Input {info['size']}², batch {info['batch']}, {info['precision']}, budget "
              f"{info['budget_s']} s of training per run (sweep: {info['sweep_budget_s']} s), "
              f"recipe: AdamW wd {info['weight_decay']}, cosine over the time budget, warm-up "
-             f"{info['warmup']} epoch, loss {info['loss']}, augmentation {info['augment']}.", "",
+             f"{info['warmup']} epoch, loss {info['loss']}, augmentation {info['augment']}"
+             + (f", overrides {', '.join(info['recipe_overrides'])}" if info.get("recipe_overrides") else "")
+             + ".", "",
              f"## Learning-rate sweep ({info['sweep_dataset']} train → val Dice, model resolution)", "",
              "| model | " + " | ".join(f"lr {lr:g}" for lr in info["lrs"]) + " | chosen |",
              "|---|" + "---|" * (len(info["lrs"]) + 1)]
@@ -195,6 +197,9 @@ def main() -> int:
     ap.add_argument("--loss", default="dice_ce")
     ap.add_argument("--weight-decay", type=float, default=1e-4)
     ap.add_argument("--warmup", type=float, default=0.5)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="recipe override for every run of both models, after the options above "
+                         "(e.g. loss.name=dice, optim.clip_grad_norm=1.0); repeatable")
     ap.add_argument("--lrs", default="5e-4,1e-3,2e-3")
     ap.add_argument("--budget-s", type=float, default=25.0)
     ap.add_argument("--sweep-budget-s", type=float, default=20.0)
@@ -223,7 +228,7 @@ def main() -> int:
         "commit": source_commit() or "unknown", "size": args.size, "batch": args.batch, "precision": args.precision,
         "budget_s": args.budget_s, "sweep_budget_s": args.sweep_budget_s, "lrs": lrs,
         "weight_decay": args.weight_decay, "warmup": args.warmup, "loss": args.loss,
-        "augment": args.augment, "baseline": args.baseline, "pretrained": args.pretrained,
+        "augment": args.augment, "recipe_overrides": list(args.set), "baseline": args.baseline, "pretrained": args.pretrained,
         "sweep_dataset": args.sweep_dataset, "lanes": lanes, "sweep": {}, "chosen_lr": {},
         "comparison": {}, "runs": [], "command": " ".join(sys.argv)}
 

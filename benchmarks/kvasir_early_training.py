@@ -51,6 +51,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "dice_bce_posw5": {"pos_weight": 5.0},          # BCE with pos_weight 5 (≈ bg/fg ratio) + Dice
     "dice_x3": {"loss_kwargs": {"lambda_dice": 3.0}},
     "no_warmup": {"warmup_steps": 0},
+    "clip1": {"clip_grad_norm": 1.0},              # the trainer's optim.clip_grad_norm=1.0
     "lr_5e-4": {"lr": 5e-4},
     "lr_3e-3": {"lr": 3e-3},
     "decoder_lr_x10": {"decoder_lr_mult": 10.0},
@@ -72,6 +73,7 @@ def default_spec(args: argparse.Namespace) -> dict[str, Any]:
     return {"model": "hrmedseg", "pretrained": "default", "loss": "dice_ce", "loss_kwargs": {},
             "pos_weight": None, "lr": args.lr, "decoder_lr_mult": 1.0,
             "warmup_steps": args.warmup_steps, "augment": args.augment, "out_bias": None,
+            "clip_grad_norm": 0.0,
             "model_overrides": {}, "weight_decay": args.weight_decay, "size": args.size,
             "batch": args.batch, "precision": args.precision, "steps": args.steps}
 
@@ -280,6 +282,8 @@ def run_variant(args: argparse.Namespace, name: str) -> dict[str, Any]:
                     rec[f"gn_{p}"] = math.sqrt(sq[p])
                 if spec["out_bias"] is not None:
                     rec["out_bias"] = float(model.bias)
+            if spec["clip_grad_norm"] > 0:   # after the measurements, as Trainer does with optim.clip_grad_norm
+                torch.nn.utils.clip_grad_norm_(model.parameters(), spec["clip_grad_norm"])
             trainer.opt.step()
             step += 1
             log.append({k: (round(v, 6) if isinstance(v, float) else v) for k, v in rec.items()})
@@ -330,9 +334,10 @@ def write_outputs(out: Path, info: dict[str, Any]) -> None:
     (out / "kvasir_early_training.json").write_text(json.dumps(info, indent=1) + "\n")
     runs = info["runs"]
     st = info["settings"]
-    lines = ["# HRMedSeg early training on Kvasir-SEG (CPU, small scale)", "",
+    where = "CPU, small scale" if info["device"] == "cpu" else f"{info.get('gpu') or info['device']}"
+    lines = [f"# HRMedSeg early training on Kvasir-SEG ({where})", "",
              f"{info['date']}, torch {info['torch']}, commit {info['commit']}, device {info['device']} "
-             f"({st['threads']} thread). Default setting: input {st['size']}², batch {st['batch']}, {st['steps']} AdamW "
+             f"({st['threads']} thread{'s' if st['threads'] != 1 else ''}, {st.get('workers', 0)} loader workers). Default setting: input {st['size']}², batch {st['batch']}, {st['steps']} AdamW "
              f"steps, lr {st['lr']} (wd {st['weight_decay']}), warm-up {st['warmup_steps']} steps then "
              f"cosine over the steps, {st['precision']}, loss dice_ce, augmentation {st['augment']}, "
              f"seed {st['seed']}; val split ({runs[0]['val_images'] if runs else '?'} images), "
@@ -426,12 +431,14 @@ def main() -> int:
     info: dict[str, Any] = json.loads(jpath.read_text()) if jpath.is_file() else {"runs": []}
     settings = {k: getattr(args, k) for k in ("size", "batch", "steps", "lr", "weight_decay",
                                               "warmup_steps", "augment", "precision", "seed",
-                                              "threads", "val_every", "data_root")}
-    if info.get("settings") and {k: v for k, v in info["settings"].items() if k != "data_root"} != \
-            {k: v for k, v in settings.items() if k != "data_root"}:
+                                              "threads", "val_every", "data_root", "workers")}
+    free = ("data_root", "workers")   # may differ between runs merged into one file
+    if info.get("settings") and {k: v for k, v in info["settings"].items() if k not in free} != \
+            {k: v for k, v in settings.items() if k not in free}:
         raise SystemExit(f"{jpath} was made with other settings {info['settings']}; use another --out")
     info.update({"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                  "torch": torch.__version__, "commit": source_commit() or "unknown", "device": args.device,
+                 "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None,
                  "settings": settings, "variants_defined": VARIANTS})
     info.setdefault("commands", []).append(" ".join(sys.argv))
     for name in args.variants.split(","):
