@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Session 5's GPU run (issues 12 and 7), one process per GPU. Started detached by
 #   HRMEDSEG_COMMIT=... PIPELINE=benchmarks/session5/pipeline.sh bash benchmarks/session3/launch.sh 530
-# with carry [".gpu/s3", ".whl"]; poll.sh collects. DRY=1 rehearses on the CPU.
+# with carry [".gpu/s3", ".whl"] (BUDGET=90 SWEEP=45 on two GPUs); poll.sh collects. DRY=1 rehearses on the CPU.
 #  A. kvasir_early_training.py on the GPU at the equal-time scale (512², batch 16, bf16, 220 steps,
 #     Kvasir-SEG train → val): why the session-4 GPU runs stayed on the all-background plateau
 #     when the CPU runs did not, and which recipe variant escapes best; two variants per GPU.
@@ -21,8 +21,12 @@ else
   DEV=cuda; N=$(nvidia-smi -L | wc -l)
   W=$(( ($(nproc) - 2) / N )); [ $W -gt 14 ] && W=14
   KARGS="--size 512 --batch 16 --steps 220 --warmup-steps 25 --val-every 20 --precision bf16 --workers $W --threads 2"
-  VARS=("default,lr_3e-3" "loss_dice,out_bias_prior" "dice_x3,clip1" "loss_dice_focal,no_warmup")
-  ARGS="--size 512 --budget-s ${BUDGET:-120} --sweep-budget-s ${SWEEP:-60} --lrs 5e-4,1e-3,2e-3 --seeds 0,1,2 --scratch-seeds 0,1 --workers $W --baseline unet_resnet34"
+  if [ $N -ge 4 ]; then
+    VARS=("default,lr_3e-3" "loss_dice,out_bias_prior" "dice_x3,clip1" "loss_dice_focal,no_warmup"); SCRATCH=0,1
+  else   # two GPUs: three variants each, one scratch seed
+    VARS=("default,loss_dice,clip1" "dice_x3,out_bias_prior,lr_3e-3"); SCRATCH=0
+  fi
+  ARGS="--size 512 --budget-s ${BUDGET:-120} --sweep-budget-s ${SWEEP:-60} --lrs 5e-4,1e-3,2e-3 --seeds 0,1,2 --scratch-seeds $SCRATCH --workers $W --baseline unet_resnet34"
 fi
 echo "$(date -u +%T) pipeline start (DRY=$DRY, $N lanes)" >> $R/status
 wait_wheels
