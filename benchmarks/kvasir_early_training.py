@@ -60,6 +60,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "out_bias_0": {"out_bias": 0.0},                # learnable scalar logit bias, init 0
     "out_bias_prior": {"out_bias": math.log(0.15 / 0.85)},   # init at the fg prior
     "no_pool": {"model_overrides": {"pool_sizes": []}},
+    # PyTorch's own k×k pooling backward (CUDA channels-last kernel; see session5 pooling check)
+    "pool_direct": {"model_overrides": {"pool_impl": "direct"}},
     # the GPU recipe's scale, one factor at a time (fewer steps: slower on the CPU)
     "bf16": {"precision": "bf16", "steps": 100},
     "size384": {"size": 384, "steps": 100},
@@ -364,12 +366,15 @@ def write_outputs(out: Path, info: dict[str, Any]) -> None:
                      f"{gtxt} | {r['wall_s']:.0f} |")
     (out / "kvasir_early_training.md").write_text("\n".join(lines) + "\n")
     try:
-        plot(out / "kvasir_early_training.png", runs)
+        st = info["settings"]
+        where = "CPU" if info["device"] == "cpu" else (info.get("gpu") or info["device"])
+        plot(out / "kvasir_early_training.png", runs,
+             f"{where}, {st['size']}², batch {st['batch']}, {st['precision']}")
     except Exception as exc:  # the plot must not lose the numbers
         print(f"plot failed: {exc}", file=sys.stderr)
 
 
-def plot(path: Path, runs: list[dict[str, Any]]) -> None:
+def plot(path: Path, runs: list[dict[str, Any]], setting: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -396,7 +401,7 @@ def plot(path: Path, runs: list[dict[str, Any]]) -> None:
     ax[2].set(xlabel="optimizer step", ylabel="soft-Dice loss part (train, 10-step mean)",
               title="Dice part of the loss")
     ax[0].legend(fontsize=7, ncol=2)
-    fig.suptitle("HRMedSeg early training on Kvasir-SEG, CPU, 256², batch 8 (same seed/data order)")
+    fig.suptitle(f"HRMedSeg early training on Kvasir-SEG, {setting} (same seed/data order)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

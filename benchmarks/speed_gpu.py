@@ -521,6 +521,24 @@ def part_parity(dev: torch.device, cfg: dict[str, Any]) -> dict[str, Any]:
             except Exception as exc:  # noqa: BLE001
                 res["errors"][name] = traceback.format_exc(limit=6)
                 log(f"parity {name}: ERROR {first_line(exc)}")
+        # The GPU's own fp32 path against the CPU's: the fast-path checks above compare GPU runs
+        # with each other, so a wrong CUDA kernel shared by both sides goes unseen (session 5:
+        # the channels-last avg_pool2d backward, results/avgpool_nhwc_backward_h200/).
+        # (On the CPU, --quick, this compares the CPU with itself: it only exercises the code.)
+        name = f"{dev.type}_vs_cpu_fp32"
+        t0 = time.time()
+        try:
+            c_out, c_grads, c_diag = run_variant(copy.deepcopy(base).cpu(), x.cpu(), w.cpu(),
+                                                 tgt.cpu())
+            cand = (c_out.to(dev), c_grads.to(dev),
+                    {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in c_diag.items()})
+            checks[name] = _check(name, ref, cand, TOL_FP32,
+                                  f"a = the {dev.type} fp32 reference, b = the same model "
+                                  "and inputs on the CPU", t0)
+            del cand, c_out, c_grads, c_diag
+        except Exception as exc:  # noqa: BLE001
+            res["errors"][name] = traceback.format_exc(limit=6)
+            log(f"parity {name}: ERROR {first_line(exc)}")
         # SDPA math vs default in bf16 (both bf16; the fused kernel is the one training uses)
         t0 = time.time()
         try:

@@ -40,8 +40,8 @@ for fmt in ("contiguous", "channels_last"):
             out[f"{fmt} separable k={k} cip={cip}"] = rel(a, b)
         out[f"{fmt} counts k={k}"] = rel(_window_counts(37, k, x.cuda()), _window_counts(37, k, x))
     for dev in ("cpu", "cuda"):
-        xs = x.to(dev).contiguous(memory_format=mf).requires_grad_(True)
-        xd = x.to(dev).contiguous(memory_format=mf).requires_grad_(True)
+        xs = x.detach().clone().to(dev).contiguous(memory_format=mf).requires_grad_(True)
+        xd = x.detach().clone().to(dev).contiguous(memory_format=mf).requires_grad_(True)
         (MultiscalePooling((5, 9, 13), impl="separable")(xs) * w.to(dev)).sum().backward()
         (MultiscalePooling((5, 9, 13))(xd) * w.to(dev)).sum().backward()
         out[f"{fmt} {dev} adjoint vs direct grad"] = rel(xs.grad, xd.grad)
@@ -49,5 +49,14 @@ for fmt in ("contiguous", "channels_last"):
         out[f"{fmt} {dev} backward(g) vs cpu backward"] = rel(
             _SeparableMultiscalePoolingFn.backward(type("C", (), {"kernel_sizes": (5, 9, 13)})(), gg)[0],
             _SeparableMultiscalePoolingFn.backward(type("C", (), {"kernel_sizes": (5, 9, 13)})(), w)[0])
-print(json.dumps(out, indent=1))
+# Which side is off on CUDA channels-last: each path's input gradient against the CPU's.
+for impl in ("direct", "separable"):
+    for dev in ("cpu", "cuda"):
+        xx = x.detach().clone().to(dev).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        (MultiscalePooling((5, 9, 13), impl=impl)(xx) * w.to(dev)).sum().backward()
+        out[f"channels_last {impl} grad {dev}"] = xx.grad.cpu()
+for impl in ("direct", "separable"):
+    out[f"channels_last {impl} grad, cuda vs cpu"] = rel(out.pop(f"channels_last {impl} grad cuda"),
+                                                          out.pop(f"channels_last {impl} grad cpu"))
+print(json.dumps(out))
 json.dump(out, open(sys.argv[1] if len(sys.argv) > 1 else "/dev/null", "w"), indent=1)

@@ -75,3 +75,20 @@ def test_separable_channels_last_gradients_match_direct():
         (MultiscalePooling((5, 9, 13), impl=impl)(x) * g).sum().backward()
         grads.append(x.grad.clone())
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("impl", ["direct", "separable"])
+def test_cuda_channels_last_gradients_match_cpu(impl: str) -> None:
+    """PyTorch's CUDA avg_pool2d backward is wrong for channels-last inputs (torch 2.11+cu130,
+    benchmarks/results/avgpool_nhwc_backward_h200/); both of δ's paths must still give the CPU's
+    input gradient on the GPU, in the layout the decoder hands them."""
+    x = torch.randn(2, 16, 32, 37)
+    g = torch.randn(2, 16, 32, 37)
+    grads = []
+    for dev in ("cpu", "cuda"):
+        xx = x.to(dev).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        (MultiscalePooling((5, 9, 13), impl=impl)(xx) * g.to(dev)).sum().backward()
+        grads.append(xx.grad.cpu())
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-5)

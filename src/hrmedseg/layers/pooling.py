@@ -70,8 +70,11 @@ class MultiscalePooling(nn.Module):
     H200 at 1024², batch 16, bf16: 156 → 202 training images/s, 573 → 657 inference images/s,
     peak training memory 0.381 → 0.406 GB per image (benchmarks/results/speed_h200/). Since
     then its training backward is the hand-written adjoint of
-    :class:`_SeparableMultiscalePoolingFn`, which keeps no pooled intermediate alive (exact; tested
-    on the CPU, not yet timed on a GPU).
+    :class:`_SeparableMultiscalePoolingFn`, which keeps no pooled intermediate alive and uses
+    only forward poolings: 0.374 GB per image in the same bf16 profile
+    (benchmarks/results/speed_h200_s5/), and the right gradient on CUDA, where PyTorch's
+    channels-last avg_pool2d backward is wrong (benchmarks/results/avgpool_nhwc_backward_h200/;
+    ``"direct"`` therefore trains on an NCHW copy on the GPU).
     """
 
     def __init__(self, kernel_sizes: Sequence[int] = (5, 9, 13), impl: str = "direct") -> None:
@@ -96,6 +99,12 @@ class MultiscalePooling(nn.Module):
             # Training: the adjoint backward (no saved intermediates). Inference and export
             # take the plain separable ops below.
             return _SeparableMultiscalePoolingFn.apply(x, self.kernel_sizes)
+        if self.impl == "direct" and x.is_cuda and x.requires_grad and torch.is_grad_enabled():
+            # PyTorch's CUDA avg_pool2d *backward* is wrong for channels-last inputs (torch
+            # 2.11+cu130; the forward is right), and δ gets a channels-last tensor from the
+            # decoder: NCHW keeps the reference exact on the GPU.
+            # benchmarks/results/avgpool_nhwc_backward_h200/
+            x = x.contiguous()
         return _delta(x, self.kernel_sizes, self._avg)
 
     def extra_repr(self) -> str:
