@@ -63,7 +63,7 @@ def test_train_without_config_uses_the_default_recipe(capsys):
     assert main(["train", "--print-config"]) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["model"]["pretrained"] == "default"
-    assert (cfg["optim"]["name"], cfg["optim"]["lr"]) == ("adamw", 1e-3)
+    assert (cfg["optim"]["name"], cfg["optim"]["lr"]) == ("adamw", 5e-4)
     assert cfg["schedule"]["name"] == "cosine" and cfg["data"]["augment"] == "strong"
     assert main(["train", "--config", "paper", "--print-config"]) == 0
     paper = yaml.safe_load(capsys.readouterr().out)

@@ -5,10 +5,11 @@ a.b=c ...``), the trainer receives it, and a resolved copy is written to the run
 Unknown keys and wrong types are errors that name the key, never silently ignored.
 
 The dataclass defaults ARE the default recipe (``recipes/default.yaml`` spells them out):
-HRMedSeg with its shipped distilled encoder, AdamW (lr 1e-3, weight decay 1e-4), one warm-up
-epoch then cosine decay, Dice + cross-entropy, strong augmentation, bf16, batch 16. The lr was
-chosen by a sweep on train/val splits (benchmarks/results/equal_time/); the published recipe is
-``--config paper``.
+HRMedSeg with its shipped distilled encoder, AdamW (lr 5e-4, weight decay 1e-4), one warm-up
+epoch then cosine decay, Dice + cross-entropy, strong augmentation, bf16, batch 16. The lr is the
+best of a sweep on Kvasir-SEG train → val (benchmarks/results/equal_time_h200x2_90s/), the loss
+the best of the early-training variants (benchmarks/results/kvasir_early_training_h200/); the
+published recipe is ``--config paper``.
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     name: str = "adamw"               # adam | adamw | sgd
-    lr: float = 1e-3
+    lr: float = 5e-4
     weight_decay: float = 1e-4
     momentum: float = 0.9
     clip_grad_norm: float = 0.0
