@@ -61,6 +61,8 @@ def run_one(args: argparse.Namespace, dataset: str, model: str, pretrained: str,
           f"train.precision={args.precision}", f"train.seed={seed}",
           f"train.time_limit_min={budget_s / 60.0}", "train.val_every=100000",
           f"train.out_dir={run_dir}", f"train.device={args.device}"] + list(args.set)
+    if model.startswith("hrmedseg"):
+        ov += list(args.hr_set)
     cfg = load_config(None, ov)
     seed_everything(seed, False)
     net = build_model(cfg)
@@ -129,10 +131,14 @@ def write_report(out_dir: Path, info: dict[str, Any]) -> None:
              f"recipe: AdamW wd {info['weight_decay']}, cosine over the time budget, warm-up "
              f"{info['warmup']} epoch, loss {info['loss']}, augmentation {info['augment']}"
              + (f", overrides {', '.join(info['recipe_overrides'])}" if info.get("recipe_overrides") else "")
-             + ".", "",
-             f"## Learning-rate sweep ({info['sweep_dataset']} train → val Dice, model resolution)", "",
-             "| model | " + " | ".join(f"lr {lr:g}" for lr in info["lrs"]) + " | chosen |",
-             "|---|" + "---|" * (len(info["lrs"]) + 1)]
+             + (f", HRMedSeg only: {', '.join(info['hrmedseg_overrides'])}" if info.get("hrmedseg_overrides") else "")
+             + ".", ""]
+    if info["sweep"]:
+        lines += [f"## Learning-rate sweep ({info['sweep_dataset']} train → val Dice, model resolution)", "",
+                  "| model | " + " | ".join(f"lr {lr:g}" for lr in info["lrs"]) + " | chosen |",
+                  "|---|" + "---|" * (len(info["lrs"]) + 1)]
+    else:
+        lines += [f"No learning-rate sweep: one lr given ({', '.join(f'{lr:g}' for lr in info['lrs'])})."]
     for name, rows in info["sweep"].items():
         by_lr = {r["lr"]: r.get("dice@model") for r in rows}
         cells = [f"{by_lr[lr]:.2f}" if by_lr.get(lr) is not None else "–" for lr in info["lrs"]]
@@ -200,6 +206,11 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="recipe override for every run of both models, after the options above "
                          "(e.g. loss.name=dice, optim.clip_grad_norm=1.0); repeatable")
+    ap.add_argument("--hr-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override for the HRMedSeg runs only, e.g. model.grad_checkpointing=true")
+    ap.add_argument("--runs", default="pretrained,baseline,scratch",
+                    help="which of the three comparison groups to run (a rerun of one group "
+                         "writes its own --out)")
     ap.add_argument("--lrs", default="5e-4,1e-3,2e-3")
     ap.add_argument("--budget-s", type=float, default=25.0)
     ap.add_argument("--sweep-budget-s", type=float, default=20.0)
@@ -219,8 +230,17 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     args.work = str(Path(args.work) / f"lane{lane}") if lanes > 1 else args.work
     lrs = [float(x) for x in args.lrs.split(",")]
-    hr_label, base_label = "hrmedseg (distilled encoder)", f"{args.baseline} (scratch)"
-    models = {hr_label: ("hrmedseg", args.pretrained), base_label: (args.baseline, "none")}
+    groups = {g.strip() for g in args.runs.split(",") if g.strip()}
+    if not groups or not groups <= {"pretrained", "baseline", "scratch"}:
+        ap.error(f"--runs {args.runs!r}: a subset of pretrained,baseline,scratch")
+    hr_extra = f", {', '.join(args.hr_set)}" if args.hr_set else ""
+    hr_label, base_label = f"hrmedseg (distilled encoder{hr_extra})", f"{args.baseline} (scratch)"
+    scratch_label = f"hrmedseg (scratch, same recipe{hr_extra})"
+    models = {}
+    if groups & {"pretrained", "scratch"}:   # the scratch runs take the pretrained model's lr
+        models[hr_label] = ("hrmedseg", args.pretrained)
+    if "baseline" in groups:
+        models[base_label] = (args.baseline, "none")
     dev = "cpu" if args.device == "cpu" or not torch.cuda.is_available() else "cuda"
     info: dict[str, Any] = {
         "device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu",
@@ -228,12 +248,14 @@ def main() -> int:
         "commit": source_commit() or "unknown", "size": args.size, "batch": args.batch, "precision": args.precision,
         "budget_s": args.budget_s, "sweep_budget_s": args.sweep_budget_s, "lrs": lrs,
         "weight_decay": args.weight_decay, "warmup": args.warmup, "loss": args.loss,
-        "augment": args.augment, "recipe_overrides": list(args.set), "baseline": args.baseline, "pretrained": args.pretrained,
+        "augment": args.augment, "recipe_overrides": list(args.set),
+        "hrmedseg_overrides": list(args.hr_set), "baseline": args.baseline, "pretrained": args.pretrained,
         "sweep_dataset": args.sweep_dataset, "lanes": lanes, "sweep": {}, "chosen_lr": {},
         "comparison": {}, "runs": [], "command": " ".join(sys.argv)}
 
-    # Phase 1: the lr sweep (train -> val), its runs dealt out over the lanes.
-    sweep = [(label, model, pre, lr) for label, (model, pre) in models.items() for lr in lrs]
+    # Phase 1: the lr sweep (train -> val), its runs dealt out over the lanes (none for one lr).
+    sweep = [(label, model, pre, lr) for label, (model, pre) in models.items() for lr in lrs
+             if len(lrs) > 1]
     sweep_tags = [f"sweep_{model}_{lr:g}" for _, model, _, lr in sweep]
     for i, ((label, model, pre, lr), tag) in enumerate(zip(sweep, sweep_tags)):
         if i % lanes == lane:
@@ -246,16 +268,18 @@ def main() -> int:
         # Ties (e.g. every lr still at Dice 0) go to the lr nearest the recipe's 1e-3.
         best = max(rows, key=lambda r: (r.get("dice@model", -1.0), -abs(r["lr"] - 1e-3)))
         info["chosen_lr"][label] = best["lr"]
+    for label in models:
+        info["chosen_lr"].setdefault(label, lrs[0])   # a single lr: no sweep
     if lane == 0:
         write_report(args.out, info)
 
     # Phase 2: equal-time runs on the test split, dealt out over the lanes.
     seeds = [int(s) for s in args.seeds.split(",")]
     scratch_seeds = [int(s) for s in args.scratch_seeds.split(",") if s.strip()]
-    plan = [(hr_label, "hrmedseg", args.pretrained, info["chosen_lr"][hr_label], seeds),
-            (base_label, args.baseline, "none", info["chosen_lr"][base_label], seeds),
-            ("hrmedseg (scratch, same recipe)", "hrmedseg", "none", info["chosen_lr"][hr_label],
-             scratch_seeds)]
+    plan = [(hr_label, "hrmedseg", args.pretrained, info["chosen_lr"].get(hr_label), seeds),
+            (base_label, args.baseline, "none", info["chosen_lr"].get(base_label), seeds),
+            (scratch_label, "hrmedseg", "none", info["chosen_lr"].get(hr_label), scratch_seeds)]
+    plan = [p for p, g in zip(plan, ("pretrained", "baseline", "scratch")) if g in groups]
     runs = [(ds, label, model, pre, lr, sds[i])
             for ds in args.datasets.split(",")
             for i in range(max(len(seeds), len(scratch_seeds)))
