@@ -127,7 +127,7 @@ def _nnunet_3d(root, n_cases=3, shape=(24, 20, 8), bad=None):
         lab[4:12, 4:10, 2:4] = 1
         lab[14:20, 10:16, 3:6] = 2
         nib.save(nib.Nifti1Image(img, aff), root / "imagesTr" / f"case{c:02d}_0000.nii.gz")
-        laff, lshape = aff, shape
+        laff = aff
         if bad == "affine" and c == 1:
             laff = aff.copy()
             laff[0, 3] = 5.0

@@ -55,7 +55,6 @@ def test_metadata_and_segmenter_parity(exported):
 
 def test_cli_export_static(tmp_path, capsys):
     from hrmedseg.cli.main import main
-    from safetensors.torch import save_file  # noqa: F401 - saved-folder path of the CLI
 
     torch.manual_seed(0)
     model = hrmedseg.create_model("hrmedseg_lean", embed_dim=24, depth=2, num_heads=(6, 6, 6),

@@ -6,7 +6,6 @@ from types import SimpleNamespace
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from torch import nn
 
 from hrmedseg.cli.main import main

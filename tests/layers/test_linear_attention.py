@@ -1,6 +1,5 @@
 import tracemalloc
 
-import pytest
 import torch
 
 from hrmedseg.layers import (DualGatedLinearAttention, DGLABlock, elu_feature_map, linear_attention,

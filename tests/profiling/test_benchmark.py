@@ -1,7 +1,6 @@
 """hrmedseg benchmark on CPU with tiny models: JSON/Markdown/PNG, skipped rows, OOM fallback."""
 import json
 
-import pytest
 import torch
 
 from hrmedseg.cli.main import main

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from hrmedseg.cli.main import main
