@@ -765,6 +765,53 @@ def kernel_table(prof, dev: torch.device, n_steps: int, step_ms: float, top: int
     return out
 
 
+def aten_op_self_ms(prof, dev: torch.device, n_steps: int) -> dict[str, float]:  # noqa: ANN001
+    """Self time per step of each aten op: on CUDA the time of the kernels it launched itself
+    (its children's kernels count for the children), on the CPU its own CPU time."""
+    out: dict[str, float] = {}
+    for e in prof.key_averages():
+        if not e.key.startswith("aten::"):
+            continue
+        if dev.type == "cuda":
+            us = getattr(e, "self_device_time_total", None)
+            if us is None:
+                us = getattr(e, "self_cuda_time_total", 0.0)
+        else:
+            us = e.self_cpu_time_total
+        if us:
+            out[e.key[len("aten::"):]] = float(us) / n_steps / 1e3
+    return out
+
+
+def op_bandwidth_table(op_ms: dict[str, float], bytes_by_op: dict[str, int],
+                       count_by_op: dict[str, int], flops_by_op: dict[str, int],
+                       copy_gbps: float | None, dev: torch.device, top: int) -> dict[str, Any]:
+    """Per aten op: the bytes its calls move in one step (inputs read + outputs written, as
+    eager runs them) against the time its own kernels take: achieved GB/s and the fraction of
+    the measured copy bandwidth (and TFLOP/s for the ops FlopCounter counts). Far below 1 with
+    little arithmetic = the op is bound by kernel launches, occupancy or access pattern, not
+    by memory bandwidth."""
+    rows = []
+    for name, ms in op_ms.items():
+        nb = bytes_by_op.get(name)
+        if not nb or ms <= 0:
+            continue
+        gbps = nb / (ms / 1e3) / 1e9
+        fl = flops_by_op.get(name, 0)
+        rows.append({"op": name, "calls": count_by_op.get(name), "ms": round(ms, 4),
+                     "bytes": int(nb), "achieved_GBps": round(gbps, 1),
+                     "fraction_of_copy_bw": round(gbps / copy_gbps, 4) if copy_gbps else None,
+                     "achieved_TFLOPs": round(fl / (ms / 1e3) / 1e12, 2) if fl else None})
+    rows.sort(key=lambda r: -r["ms"])
+    timed = sum(op_ms.values())
+    matched = sum(r["ms"] for r in rows)
+    return {"time": "self device time of the op's kernels" if dev.type == "cuda" else
+                    "self CPU time (no device kernels on the CPU)",
+            "bytes": "inputs + outputs of every call in one step (OpStats, views free)",
+            "ops_timed_ms": round(timed, 3), "ops_with_bytes_ms": round(matched, 3),
+            "copy_bandwidth_GBps": copy_gbps, "rows": rows[:top]}
+
+
 def saved_tensor_stats(model: nn.Module, step_forward: Callable[[], torch.Tensor],
                        x: torch.Tensor) -> dict[str, Any]:
     """Bytes of tensors saved for backward in one forward (+ loss), deduplicated by storage,
@@ -886,6 +933,7 @@ def part_profile(dev: torch.device, cfg: dict[str, Any], rates: dict[str, Any]) 
         res["memory_note"] = "peak memory is measured on CUDA only"
 
     # -- per-kernel profile -----------------------------------------------------------------
+    op_ms: dict[str, float] = {}
     try:
         from torch.profiler import ProfilerActivity, profile
         acts = [ProfilerActivity.CPU]
@@ -901,6 +949,7 @@ def part_profile(dev: torch.device, cfg: dict[str, Any], rates: dict[str, Any]) 
             sync(dev)
         res["profiled_wall_ms_per_step"] = (time.perf_counter() - t0) * 1e3 / n_prof
         res["kernels"] = kernel_table(prof, dev, n_prof, step_ms, cfg["top"])
+        op_ms = aten_op_self_ms(prof, dev, n_prof)
         kt = res["kernels"]
         log(f"profile: top {len(kt['top_kernels'])} by total time per step ({kt['method']}):")
         for row in kt["top_kernels"]:
@@ -926,6 +975,15 @@ def part_profile(dev: torch.device, cfg: dict[str, Any], rates: dict[str, Any]) 
         sync(dev)
         res["flops_step_flopcounter"] = int(fc.get_total_flops())
         res["ops_step"] = ops.summary()
+        if op_ms:
+            res["op_bandwidth"] = op_bandwidth_table(op_ms, ops.bytes_by_op, ops.count_by_op,
+                                                     ops.flops_by_op,
+                                                     rates.get("copy_bandwidth_GBps"), dev,
+                                                     cfg["top"])
+            log("profile: per-op self time vs bytes moved (top by time):")
+            for r in res["op_bandwidth"]["rows"][:10]:
+                print(f"    {r['ms']:9.3f} ms x{r['calls'] or 0:<5} {r['achieved_GBps']:9.1f} GB/s "
+                      f"({100 * (r['fraction_of_copy_bw'] or 0):5.1f}% of copy) {r['op']}", flush=True)
     except Exception as exc:  # noqa: BLE001
         res["errors"]["flops"] = traceback.format_exc(limit=6)
         log(f"profile: flop count ERROR {first_line(exc)}")

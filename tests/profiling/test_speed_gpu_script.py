@@ -131,3 +131,32 @@ def test_kernel_table_parses_device_events_without_a_gpu(tmp_path):
     assert kt["method"].startswith("chrome trace")
     assert [r["name"] for r in kt["top_kernels"]] == ["k1"]
     assert abs(kt["gpu_busy_fraction_of_step"] - 0.5) < 1e-9
+
+
+def test_op_bandwidth_table_joins_profiler_times_and_op_bytes():
+    """Per-op achieved bandwidth: profiler self device time per step joined with the bytes
+    each op moves (fake profiler averages, no GPU needed)."""
+    import torch
+
+    sg = _load_script()
+
+    class Avg:
+        def __init__(self, key, dev_us, cpu_us=0.0):
+            self.key, self.self_device_time_total, self.self_cpu_time_total = key, dev_us, cpu_us
+
+    class Prof:
+        def key_averages(self):
+            return [Avg("aten::add", 2000.0), Avg("aten::mm", 1000.0),
+                    Avg("aten::view", 0.0),                 # no kernels: left out
+                    Avg("Optimizer.step#Adam.step", 5000.0)]  # not an aten op: left out
+
+    op_ms = sg.aten_op_self_ms(Prof(), torch.device("cuda"), n_steps=2)
+    assert op_ms == {"add": 1.0, "mm": 0.5}
+    t = sg.op_bandwidth_table(op_ms, {"add": 3_000_000_000, "mm": 10**9, "relu": 5},
+                              {"add": 7, "mm": 2}, {"mm": 10**9}, 3000.0,
+                              torch.device("cuda"), top=5)
+    add, mm = t["rows"]                                       # sorted by time; relu untimed
+    assert add["op"] == "add" and add["calls"] == 7 and add["achieved_GBps"] == 3000.0
+    assert add["fraction_of_copy_bw"] == 1.0 and add["achieved_TFLOPs"] is None
+    assert mm["achieved_GBps"] == 2000.0 and mm["achieved_TFLOPs"] == 2.0
+    assert t["ops_timed_ms"] == 1.5 and t["ops_with_bytes_ms"] == 1.5
