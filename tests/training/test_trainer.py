@@ -131,3 +131,30 @@ def test_time_budget_and_time_schedule_start_at_the_first_batch(tmp_path):
     assert result.stopped_early and result.global_step > 2
     assert time.monotonic() - t0 >= 2.9            # start-up + the whole 1 s budget
     assert lrs[0] == pytest.approx(cfg.optim.lr, rel=0.05)   # no decay before the first step
+
+
+def test_compile_mode_reaches_torch_compile_and_bad_modes_are_config_errors(tmp_path, monkeypatch):
+    """train.compile_mode is handed to torch.compile (captured, not compiled: no compiler run
+    on the CPU suite); an unknown mode is refused with the key's name."""
+    from hrmedseg.training.config import ConfigError, load_config
+    from hrmedseg.training.losses import build_loss
+    from hrmedseg.training.run import build_model
+    from hrmedseg.training.trainer import Trainer
+
+    from _trainutils import TINY_OVERRIDES
+
+    seen = {}
+
+    def fake_compile(model, **kw):
+        seen.update(kw)
+        return model
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    cfg = load_config("paper", ["data.size=32", "train.precision=fp32", "train.device=cpu",
+                                "train.batch_size=2", "data.workers=0",
+                                f"train.out_dir={tmp_path / 'run'}", "train.compile=true",
+                                "train.compile_mode=reduce-overhead", TINY_OVERRIDES])
+    trainer = Trainer(cfg, build_model(cfg), build_loss("dice_ce", 1), _SlowStartDataset())
+    trainer.close()
+    assert seen == {"mode": "reduce-overhead"}
+    with pytest.raises(ConfigError, match="train.compile_mode"):
+        load_config(None, ["train.compile_mode=fastest"])

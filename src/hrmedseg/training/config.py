@@ -100,6 +100,10 @@ class TrainConfig:
     time_limit_min: float = 0.0       # training budget in minutes, resumes included (0 = off)
     channels_last: bool = False
     compile: bool = False
+    # torch.compile mode: "reduce-overhead" captures CUDA graphs, for steps bound by kernel
+    # launches (HRMedSeg at 512²: benchmarks/results/equal_time_h200x2_90s/ ran slower than a
+    # U-Net with far more FLOPs); it needs a fixed batch shape (the sampler drops the last one).
+    compile_mode: str = "default"     # default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
     eval_test: bool = True            # evaluate the best checkpoint on the test split at the end
     device: str = "auto"              # auto | cpu | cuda
 
@@ -234,7 +238,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return cfg
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 def validate(cfg: Config) -> None:
+    if cfg.train.compile_mode not in COMPILE_MODES:
+        raise ConfigError(f"train.compile_mode must be one of {', '.join(COMPILE_MODES)}, "
+                          f"got {cfg.train.compile_mode!r}")
     if cfg.train.precision not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"train.precision must be fp32, bf16 or fp16, got {cfg.train.precision!r}")
     if len(cfg.data.size) not in (1, 2) or min(cfg.data.size) <= 0:

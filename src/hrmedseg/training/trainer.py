@@ -149,7 +149,7 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 gradient_as_bucket_view=True)
         if cfg.train.compile:
-            self.net = torch.compile(self.net)
+            self.net = torch.compile(self.net, mode=cfg.train.compile_mode)
         self.loss_fn = loss_fn
         self.opt = build_optimizer(cfg, self.model)
         self.amp = AMP[cfg.train.precision]
