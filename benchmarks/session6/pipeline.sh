@@ -10,6 +10,7 @@
 #     with and without checkpointing and the smp U-Net, one profile each.
 #  C. (issue 7) speed_gpu.py: parity (now also the GPU fp32 path against the CPU), the bf16
 #     profile and inference, and torch.compile with ~5 minutes for it.
+#  D. (after B) one Kvasir-SEG equal-time run of HRMedSeg with train.compile_mode=reduce-overhead.
 set -u
 source "$(dirname "$0")/../pipeline_env.sh"
 if [ "$DRY" = 1 ]; then
@@ -38,6 +39,17 @@ stage_b() {
       --no-macs $ck --json $R/profile_${PS}_bf16${ck:+_ckpt}.json
   done > $R/logs/profile_512.log 2>&1
   echo "$(date -u +%T) end profiles rc=$?" >> $R/status
+  # D. HRMedSeg looked launch-bound at 512² (slower than the U-Net in img/s): one Kvasir-SEG
+  #    equal-time run with CUDA graphs (torch.compile mode reduce-overhead), compile time inside
+  #    the 90-s budget. Skipped in the rehearsal (the CPU has no CUDA graphs).
+  if [ "$DRY" != 1 ]; then
+    echo "$(date -u +%T) start compiled equal_time" >> $R/status
+    timeout 420 $PY $J/bench/equal_time.py --data-root $J/data --pretrained default \
+      --out $R/equal_time_compiled --work $J/etc --device $DEV $ARGS --runs pretrained \
+      --lrs 5e-4 --datasets kvasir-seg --seeds 0 --hr-set train.compile=true \
+      --hr-set train.compile_mode=reduce-overhead > $R/logs/equal_time_compiled.log 2>&1
+    echo "$(date -u +%T) end compiled equal_time rc=$?" >> $R/status
+  fi
 }
 stage_c() {
   echo "$(date -u +%T) start speed_gpu" >> $R/status
