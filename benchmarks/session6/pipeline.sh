@@ -52,6 +52,9 @@ stage_b() {
   fi
 }
 stage_c() {
+  # Is PyTorch's channels-last avg_pool2d backward still wrong on this torch/card? (needs CUDA)
+  [ "$DEV" = cuda ] && $PY $J/bench/session5/avgpool_nhwc_backward_repro.py \
+    $R/avgpool_nhwc_backward_repro.json > $R/logs/avgpool_repro.log 2>&1
   echo "$(date -u +%T) start speed_gpu" >> $R/status
   $PY $J/bench/speed_gpu.py $Q --parts rates,parity,profile,infer,compile --budget-s $SPB \
     -o $R/speed_gpu.json > $R/logs/speed_gpu.log 2>&1
