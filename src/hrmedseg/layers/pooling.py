@@ -34,8 +34,8 @@ class _SeparableMultiscalePoolingFn(torch.autograd.Function):
     adjoint is A_kᵀ g = box_k(g / count_k) (the window is symmetric; count_k, the number of
     in-image pixels of each output's window, factors over rows and columns), where box_k is a
     zero-padded window sum — two stride-1 forward poolings. So the backward needs only the
-    shapes: no pooled intermediate is kept alive for it, and PyTorch's slow channels-last
-    avg_pool2d backward kernel is not used.
+    shapes: no pooled intermediate is kept alive for it, and PyTorch's channels-last
+    avg_pool2d backward kernel — slow, and wrong on CUDA — is not used.
     """
 
     @staticmethod
@@ -95,14 +95,15 @@ class MultiscalePooling(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.kernel_sizes:
             return x
-        if self.impl == "separable" and x.requires_grad and torch.is_grad_enabled():
+        needs_grad = x.requires_grad and torch.is_grad_enabled()
+        if needs_grad and self.impl == "separable":
             # Training: the adjoint backward (no saved intermediates). Inference and export
             # take the plain separable ops below.
             return _SeparableMultiscalePoolingFn.apply(x, self.kernel_sizes)
-        if self.impl == "direct" and x.is_cuda and x.requires_grad and torch.is_grad_enabled():
-            # PyTorch's CUDA avg_pool2d *backward* is wrong for channels-last inputs (torch
-            # 2.11+cu130; the forward is right), and δ gets a channels-last tensor from the
-            # decoder: NCHW keeps the reference exact on the GPU.
+        if needs_grad and x.is_cuda:
+            # "direct": PyTorch's CUDA avg_pool2d *backward* is wrong for channels-last inputs
+            # (torch 2.11+cu130; the forward is right), and δ gets a channels-last tensor from
+            # the decoder: NCHW keeps the reference exact on the GPU.
             # benchmarks/results/avgpool_nhwc_backward_h200/
             x = x.contiguous()
         return _delta(x, self.kernel_sizes, self._avg)
