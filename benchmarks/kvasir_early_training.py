@@ -336,8 +336,9 @@ def write_outputs(out: Path, info: dict[str, Any]) -> None:
     (out / "kvasir_early_training.json").write_text(json.dumps(info, indent=1) + "\n")
     runs = info["runs"]
     st = info["settings"]
-    where = "CPU, small scale" if info["device"] == "cpu" else f"{info.get('gpu') or info['device']}"
-    lines = [f"# HRMedSeg early training on Kvasir-SEG ({where})", "",
+    cpu = info["device"] == "cpu"
+    where = "CPU" if cpu else (info.get("gpu") or info["device"])
+    lines = [f"# HRMedSeg early training on Kvasir-SEG ({where}{', small scale' if cpu else ''})", "",
              f"{info['date']}, torch {info['torch']}, commit {info['commit']}, device {info['device']} "
              f"({st['threads']} thread{'s' if st['threads'] != 1 else ''}, {st.get('workers', 0)} loader workers). Default setting: input {st['size']}², batch {st['batch']}, {st['steps']} AdamW "
              f"steps, lr {st['lr']} (wd {st['weight_decay']}), warm-up {st['warmup_steps']} steps then "
@@ -366,8 +367,6 @@ def write_outputs(out: Path, info: dict[str, Any]) -> None:
                      f"{gtxt} | {r['wall_s']:.0f} |")
     (out / "kvasir_early_training.md").write_text("\n".join(lines) + "\n")
     try:
-        st = info["settings"]
-        where = "CPU" if info["device"] == "cpu" else (info.get("gpu") or info["device"])
         plot(out / "kvasir_early_training.png", runs,
              f"{where}, {st['size']}², batch {st['batch']}, {st['precision']}")
     except Exception as exc:  # the plot must not lose the numbers
