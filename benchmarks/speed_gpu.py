@@ -22,11 +22,15 @@ the JSON is rewritten after every part, so a run killed midway keeps what it mea
             activation bytes (saved_tensors_hooks, per module and dtype), and the floors
             flops / matmul rate and bytes / copy bandwidth against the measured step.
   infer     bf16 inference (batch 16, inference_mode) images/s, peak memory, FLOP/byte floors.
+  variants  the bf16 step time, peak memory and inference time of each switchable fast path
+            (fast_norm, channels_last, gradient checkpointing) beside the default, in one run.
   tiled     hrmedseg.inference.Segmenter(mode="tile") on a synthetic 8000x8000x3 uint8 image at
             tile 1024, bf16: wall time (and the part spent in the model), peak GPU memory, output
             shape and coverage.
-  compile   (last, in a subprocess killed at the time budget) torch.compile vs eager parity in
-            fp32, then the compiled bf16 training step time. Skipped in --quick unless --compile.
+  compile   (last, in a subprocess killed at the time budget) the compiled bf16 training step
+            (time, peak memory), compiled bf16 inference per mode (default, reduce-overhead =
+            CUDA graphs), then torch.compile vs eager parity in fp32. Skipped in --quick unless
+            --compile.
 
 Usage:
   python benchmarks/speed_gpu.py -o results/speed_gpu.json            # the GPU run
@@ -74,6 +78,8 @@ TARGETS = {"train_images_per_s_min": 350.0, "infer_images_per_s_min": 1500.0,
            "peak_train_mem_per_image_gb_max": 0.20}
 TOL_FP32 = 1e-4
 TOL_BF16 = 2e-2
+# HRMedSegConfig's speed switches (HRMedSeg.set_fast_paths), all off by default
+ALL_SWITCHES = {"fast_norm": True, "fast_attention": True, "pool_channels_first": True}
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -386,7 +392,8 @@ def parity_base(cfg: dict[str, Any], dev: torch.device
 
 def run_variant(base: nn.Module, x: torch.Tensor, w: torch.Tensor, target: torch.Tensor, *,
                 amp: torch.dtype | None = None, channels_last: bool = False, ckpt: bool = False,
-                compiled: bool = False, sdpa_math: bool = False
+                compiled: bool = False, sdpa_math: bool = False,
+                fast_paths: dict[str, bool] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """Output and concatenated parameter gradients of a copy of ``base`` under the loss
     mean(out * w) (a fixed random cotangent: gradients differ only by the model), and
@@ -394,6 +401,8 @@ def run_variant(base: nn.Module, x: torch.Tensor, w: torch.Tensor, target: torch
     the gradients under the training loss (Dice + BCE against ``target``, a second pass)."""
     model = copy.deepcopy(base)
     model.set_grad_checkpointing(ckpt)
+    if fast_paths:
+        model.set_fast_paths(**fast_paths)
     inp = x
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -511,6 +520,15 @@ def part_parity(dev: torch.device, cfg: dict[str, Any]) -> dict[str, Any]:
              "default = the SDPA kernel PyTorch picks (fused on CUDA); a = math backend"),
             ("all_fast_paths_vs_fp32", dict(amp=torch.bfloat16, channels_last=True, ckpt=True),
              TOL_BF16, "bf16 + channels_last + checkpointing together"),
+            ("pool_channels_first_vs_off", dict(fast_paths={"pool_channels_first": True}),
+             TOL_FP32, "δ on an NCHW copy (HRMedSegConfig.pool_channels_first)"),
+            ("fast_norm_bf16_vs_fp32", dict(amp=torch.bfloat16, fast_paths={"fast_norm": True}),
+             TOL_BF16, "bf16 autocast with LayerNorm in bf16 (HRMedSegConfig.fast_norm)"),
+            ("fast_attention_bf16_vs_fp32", dict(amp=torch.bfloat16,
+                                                 fast_paths={"fast_attention": True}),
+             TOL_BF16, "bf16 autocast with DGLA's core in bf16 (HRMedSegConfig.fast_attention)"),
+            ("all_switches_bf16_vs_fp32", dict(amp=torch.bfloat16, fast_paths=dict(ALL_SWITCHES)),
+             TOL_BF16, "bf16 autocast with fast_norm, fast_attention, pool_channels_first"),
         ]
         for name, kw, tol, note in variants:
             t0 = time.time()
@@ -553,6 +571,17 @@ def part_parity(dev: torch.device, cfg: dict[str, Any]) -> dict[str, Any]:
             log(f"parity sdpa bf16: ERROR {first_line(exc)}")
         del ref, base, x, w, tgt
         free(dev)
+        # A yardstick for the fixed bf16 tolerance: what bf16 autocast alone costs a common CNN
+        # (smp's ResNet-34 U-Net) under the same method. Context, not a pass/fail check.
+        try:
+            res["context_bf16_vs_fp32"] = _bf16_error_of("unet_resnet34", dev, cfg)
+            c = res["context_bf16_vs_fp32"]
+            log(f"parity context unet_resnet34 bf16 vs fp32: out {c['out_rel']:.2e} "
+                f"grad {c['grad_rel']:.2e}")
+        except Exception as exc:  # noqa: BLE001 - smp is optional
+            res["context_bf16_vs_fp32"] = {"error": first_line(exc)}
+            log(f"parity context: not run ({first_line(exc)})")
+        free(dev)
         # explicit fast/reference implementations of the package's layers
         for name, fn in (("linear_attention_vs_quadratic_reference", _parity_linear_attention),
                          ("rope_vs_complex_reference", _parity_rope),
@@ -570,6 +599,33 @@ def part_parity(dev: torch.device, cfg: dict[str, Any]) -> dict[str, Any]:
                 log(f"parity {name}: ERROR {first_line(exc)}")
     res["all_pass"] = bool(checks) and all(c.get("pass") for c in checks.values())
     return res
+
+
+def _bf16_error_of(model_name: str, dev: torch.device, cfg: dict[str, Any]) -> dict[str, Any]:
+    """bf16 autocast vs fp32 for any registered model, with the method of the HRMedSeg checks
+    (train mode, randomised norms, loss mean(out * w), TF32 off by the caller)."""
+    from hrmedseg.models import create_model
+    s, b = cfg["size"], cfg["parity_batch"]
+    torch.manual_seed(cfg["seed"])
+    model = create_model(model_name, num_classes=1)
+    _perturb_affine(model, cfg["seed"] + 1)
+    model.train().to(dev)
+    g = torch.Generator().manual_seed(cfg["seed"] + 2)
+    x = torch.randn(b, 3, s, s, generator=g).to(dev)
+    w = torch.randn(b, 1, s, s, generator=g).to(dev)
+
+    def run(amp: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+        m = copy.deepcopy(model)
+        with autocast(dev, amp):
+            out = m(x)
+        (out.float() * w).mean().backward()
+        grads = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).float()
+                           .reshape(-1) for p in m.parameters()])
+        return out.detach().float(), grads
+    ref, cand = run(None), run(torch.bfloat16)
+    return {"model": model_name, "out_rel": rel(cand[0], ref[0]),
+            "grad_rel": rel(cand[1], ref[1]), "grad_one_minus_cos": _cos_dist(cand[1], ref[1]),
+            "note": "bf16 autocast vs fp32, same method as the HRMedSeg checks"}
 
 
 def _parity_linear_attention(dev: torch.device, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -1045,6 +1101,74 @@ def part_profile(dev: torch.device, cfg: dict[str, Any], rates: dict[str, Any]) 
     return res
 
 
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "fast_norm": {"model": {"fast_norm": True}},
+    "fast_attention": {"model": {"fast_attention": True}},
+    "pool_channels_first": {"model": {"pool_channels_first": True}},
+    "pool_direct": {"model": {"pool_impl": "direct"}},
+    "all_switches": {"model": dict(ALL_SWITCHES)},
+    "channels_last": {"channels_last": True},
+    "grad_checkpointing": {"ckpt": True},
+    "all_switches+grad_checkpointing": {"model": dict(ALL_SWITCHES), "ckpt": True},
+}
+
+
+def part_variants(dev: torch.device, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The bf16 training step and inference of each switchable fast path, in one run: step
+    time, peak training memory per image, inference batch time (same method as profile/infer,
+    without the profiler)."""
+    s, b = cfg["size"], cfg["batch"]
+    res: dict[str, Any] = {"size": s, "batch": b, "dtype": "bf16 autocast", "rows": {},
+                           "errors": {}}
+    torch.backends.cudnn.benchmark = cfg["cudnn_benchmark"]
+    loss_fn, _ = make_loss()
+    g = torch.Generator().manual_seed(cfg["seed"] + 10)
+    x0 = torch.randn(b, 3, s, s, generator=g).to(dev)
+    target = random_target(b, s, s, dev, cfg["seed"] + 11)
+    for name, spec in VARIANTS.items():
+        try:
+            model = build_model(s, cfg["seed"], **spec.get("model", {})).to(dev).train()
+            model.set_grad_checkpointing(bool(spec.get("ckpt")))
+            x = x0
+            if spec.get("channels_last"):
+                model = model.to(memory_format=torch.channels_last)
+                x = x0.contiguous(memory_format=torch.channels_last)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+            step = train_step_fn(model, opt, x, target, torch.bfloat16, loss_fn)
+            t = bench(step, dev, cfg["warmup"], cfg["reps"])
+            row: dict[str, Any] = {"step_ms_median": med(t), "train_images_per_s": b / (med(t) / 1e3)}
+            if dev.type == "cuda":
+                sync(dev)
+                torch.cuda.reset_peak_memory_stats(dev)
+                step()
+                sync(dev)
+                row["peak_train_mem_per_image_gb"] = torch.cuda.max_memory_allocated(dev) / b / 1e9
+            del opt, step
+            model.eval()
+
+            def infer() -> None:
+                with torch.inference_mode(), autocast(dev, torch.bfloat16):
+                    model(x)
+            ti = bench(infer, dev, cfg["warmup"], cfg["reps"])
+            row["infer_batch_ms_median"] = med(ti)
+            row["infer_images_per_s"] = b / (med(ti) / 1e3)
+            res["rows"][name] = row
+            log(f"variants {name}: step {row['step_ms_median']:.2f} ms = "
+                f"{row['train_images_per_s']:.1f} img/s, "
+                f"{_f(row.get('peak_train_mem_per_image_gb'), '.3f')} GB/img, infer "
+                f"{row['infer_images_per_s']:.1f} img/s")
+            del model
+        except Exception as exc:  # noqa: BLE001
+            res["errors"][name] = traceback.format_exc(limit=6)
+            log(f"variants {name}: ERROR {first_line(exc)}")
+        free(dev)
+    res["note"] = ("each row: a fresh model with that switch (HRMedSegConfig field, "
+                   "set_grad_checkpointing, or channels_last model and input), Adam, bf16 "
+                   "autocast; medians over the timed repetitions")
+    return res
+
+
 def part_infer(dev: torch.device, cfg: dict[str, Any], rates: dict[str, Any]) -> dict[str, Any]:
     s, b = cfg["size"], cfg["infer_batch"]
     res: dict[str, Any] = {"size": s, "batch": b, "dtype": "bf16 autocast", "errors": {}}
@@ -1204,7 +1328,9 @@ def _die_with_parent(parent_pid: int | None) -> None:
 
 
 def compile_child(cfg: dict[str, Any], dev: torch.device, out_path: str) -> None:
-    """Runs in a subprocess: compile vs eager parity (fp32), then the compiled bf16 step."""
+    """Runs in a subprocess, most wanted first (the parent kills it at the budget): the compiled
+    bf16 training step, compiled bf16 inference in each mode, then compile vs eager parity
+    (fp32)."""
     res: dict[str, Any] = {"errors": {}, "note_rope_cache": (
         "one eager forward runs before each compile: RotaryEmbedding2d.tables caches cos/sin "
         "in a dict, and a compiled graph traced with an empty cache is recompiled on the next "
@@ -1216,29 +1342,9 @@ def compile_child(cfg: dict[str, Any], dev: torch.device, out_path: str) -> None
             json.dump(res, fh, indent=2, default=str)
         os.replace(tmp, out_path)
 
+    s, b = cfg["size"], cfg["batch"]
+    torch.backends.cudnn.benchmark = cfg["cudnn_benchmark"]
     try:
-        with strict_fp32():
-            base, x, w, tgt = parity_base(cfg, dev)
-            with torch.no_grad():
-                base(x)  # fills RotaryEmbedding2d's table cache (see res["note_rope_cache"])
-            ref = run_variant(base, x, w, tgt)
-            t0 = time.time()
-            log("compiling fp32 forward + backward (parity vs eager)")
-            cand = run_variant(base, x, w, tgt, compiled=True)
-            res["compile_parity_seconds"] = round(time.time() - t0, 2)
-            res["parity"] = _check("compile_vs_eager_fp32", cand, ref, TOL_FP32,
-                                   "torch.compile(model) default mode, fp32, first call "
-                                   "(compiles forward and backward)", t0)
-            del base, x, w, tgt, ref, cand
-        dump()
-    except Exception:  # noqa: BLE001
-        res["errors"]["parity"] = traceback.format_exc(limit=8)
-        dump()
-        return
-    free(dev)
-    try:
-        torch.backends.cudnn.benchmark = cfg["cudnn_benchmark"]
-        s, b = cfg["size"], cfg["batch"]
         model = build_model(s, cfg["seed"]).to(dev).train()
         cmodel = torch.compile(model)
         loss_fn, _ = make_loss()
@@ -1263,6 +1369,7 @@ def compile_child(cfg: dict[str, Any], dev: torch.device, out_path: str) -> None
         dump()
         t = bench(step, dev, cfg["warmup"], cfg["reps"])
         res["train_step_ms_median"] = med(t)
+        res["train_step_ms_all"] = [round(v, 3) for v in t]
         res["train_images_per_s"] = b / (med(t) / 1e3)
         res["train_batch"] = b
         if dev.type == "cuda":
@@ -1275,8 +1382,61 @@ def compile_child(cfg: dict[str, Any], dev: torch.device, out_path: str) -> None
         log(f"compiled train step {res['train_step_ms_median']:.2f} ms = "
             f"{res['train_images_per_s']:.1f} img/s")
         dump()
+        del cmodel, opt, step
     except Exception:  # noqa: BLE001
         res["errors"]["train"] = traceback.format_exc(limit=8)
+        dump()
+    free(dev)
+    res["infer"] = {}
+    for mode in cfg["compile_infer_modes"]:
+        row: dict[str, Any] = {}
+        res["infer"][mode] = row
+        try:
+            torch._dynamo.reset()
+            model = build_model(s, cfg["seed"]).to(dev).eval()
+            xi = torch.randn(cfg["infer_batch"], 3, s, s).to(dev)
+            with torch.no_grad(), autocast(dev, torch.bfloat16):
+                model(xi)  # RoPE table cache
+            cmodel = torch.compile(model, mode=mode)
+
+            def infer() -> None:
+                with torch.inference_mode(), autocast(dev, torch.bfloat16):
+                    cmodel(xi)
+            t0 = time.time()
+            log(f"compiling bf16 inference, mode {mode}")
+            infer()
+            sync(dev)
+            row["compile_seconds"] = round(time.time() - t0, 2)
+            t = bench(infer, dev, cfg["warmup"], cfg["reps"])
+            row["batch"] = cfg["infer_batch"]
+            row["batch_ms_median"] = med(t)
+            row["batch_ms_all"] = [round(v, 3) for v in t]
+            row["infer_images_per_s"] = cfg["infer_batch"] / (med(t) / 1e3)
+            log(f"compiled inference ({mode}): {med(t):.2f} ms = "
+                f"{row['infer_images_per_s']:.1f} img/s")
+            del cmodel, model, xi
+        except Exception:  # noqa: BLE001
+            row["error"] = traceback.format_exc(limit=8)
+        dump()
+        free(dev)
+    try:
+        torch._dynamo.reset()
+        with strict_fp32():
+            base, x, w, tgt = parity_base(cfg, dev)
+            with torch.no_grad():
+                base(x)  # fills RotaryEmbedding2d's table cache (see res["note_rope_cache"])
+            ref = run_variant(base, x, w, tgt)
+            t0 = time.time()
+            log("compiling fp32 forward + backward (parity vs eager)")
+            cand = run_variant(base, x, w, tgt, compiled=True)
+            res["compile_parity_seconds"] = round(time.time() - t0, 2)
+            res["parity"] = _check("compile_vs_eager_fp32", cand, ref, TOL_FP32,
+                                   "torch.compile(model) default mode, fp32, first call "
+                                   "(compiles forward and backward)", t0)
+            del base, x, w, tgt, ref, cand
+        dump()
+    except Exception:  # noqa: BLE001
+        res["errors"]["parity"] = traceback.format_exc(limit=8)
         dump()
 
 
@@ -1297,8 +1457,9 @@ def part_compile(dev: torch.device, cfg: dict[str, Any], args: argparse.Namespac
     cmd = [sys.executable, os.path.abspath(__file__), "--_compile-child", child_out,
            "--_parent-pid", str(os.getpid()), "-o", child_out + ".unused", "--device", str(dev)]
     cmd += ["--quick"] if args.quick else []
-    for k in ("size", "batch", "parity_batch", "warmup", "reps", "seed"):
+    for k in ("size", "batch", "infer_batch", "parity_batch", "warmup", "reps", "seed"):
         cmd += [f"--{k.replace('_', '-')}", str(cfg[k])]
+    cmd += ["--compile-infer-modes", ",".join(cfg["compile_infer_modes"])]
     if not cfg["cudnn_benchmark"]:
         cmd += ["--no-cudnn-benchmark"]
     if dev.type == "cpu":
@@ -1409,6 +1570,15 @@ def summary_table(r: dict[str, Any]) -> str:
                  f"{_f(inf.get('peak_infer_mem_per_image_gb'), '.3f')} GB/img; floors flops "
                  f"{_f(inf.get('flop_floor_ms'), '.2f')} ms, unfused bytes "
                  f"{_f(inf.get('unfused_op_bytes_ms'), '.2f')} ms")
+    for name, row in ((r.get("variants") or {}).get("rows") or {}).items():
+        L.append(f"  variant {name:28s} step {row['step_ms_median']:7.2f} ms = "
+                 f"{row['train_images_per_s']:6.1f} img/s, "
+                 f"{_f(row.get('peak_train_mem_per_image_gb'), '.3f')} GB/img, infer "
+                 f"{row['infer_images_per_s']:7.1f} img/s")
+    ctx = (r.get("parity") or {}).get("context_bf16_vs_fp32") or {}
+    if "grad_rel" in ctx:
+        L.append(f"  bf16 yardstick {ctx['model']}: out {ctx['out_rel']:.2e} grad "
+                 f"{ctx['grad_rel']:.2e}")
     tl = r.get("tiled") or {}
     if "wall_s" in tl:
         L.append(f"tiled {tl['image_hw'][0]}x{tl['image_hw'][1]} tile {tl['tile']} "
@@ -1426,6 +1596,10 @@ def summary_table(r: dict[str, Any]) -> str:
                      + (f", timed out after {cm['timed_out_after_s']} s"
                         if "timed_out_after_s" in cm else "")
                      + (f", errors: {', '.join(cm['errors'])}" if cm.get("errors") else ""))
+            for mode, row in (cm.get("infer") or {}).items():
+                L.append(f"compile: infer ({mode}) {_f(row.get('batch_ms_median'), '.2f')} ms = "
+                         f"{_f(row.get('infer_images_per_s'), '.1f')} img/s"
+                         + (" ERROR" if "error" in row else ""))
     errs = r.get("errors") or {}
     L.append("errors: " + (", ".join(f"{k}: {v.strip().splitlines()[-1][:100]}"
                                      for k, v in errs.items()) if errs else "none"))
@@ -1442,8 +1616,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "--device says otherwise; no compile unless --compile")
     ap.add_argument("--device", default="auto", help="auto (cuda if available, cpu in --quick), "
                                                      "cuda or cpu")
-    ap.add_argument("--parts", default="rates,parity,profile,infer,tiled,compile",
-                    help="comma-separated subset of rates,parity,profile,infer,tiled,compile")
+    ap.add_argument("--parts", default="rates,parity,profile,infer,variants,tiled,compile",
+                    help="comma-separated subset of rates,parity,profile,infer,variants,tiled,"
+                         "compile")
     ap.add_argument("--size", type=int, help="model input side (1024; quick 128)")
     ap.add_argument("--batch", type=int, help="training batch (16; quick 2)")
     ap.add_argument("--infer-batch", type=int, help="inference batch (16; quick 2)")
@@ -1467,6 +1642,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--compile", dest="compile", action="store_true", default=None,
                     help="run the compile part (default: yes, except in --quick)")
     ap.add_argument("--no-compile", dest="compile", action="store_false")
+    ap.add_argument("--compile-infer-modes", default="default,reduce-overhead",
+                    help="torch.compile modes timed for inference, in order "
+                         "(default,reduce-overhead; quick: default)")
     ap.add_argument("--no-cudnn-benchmark", action="store_true",
                     help="leave torch.backends.cudnn.benchmark off in the timed parts")
     ap.add_argument("--trace-dir", help="also write the profiler's chrome trace here")
@@ -1501,6 +1679,9 @@ def make_config(args: argparse.Namespace, dev: torch.device) -> dict[str, Any]:
         "seed": args.seed,
         "budget_s": args.budget_s,
         "compile_min_s": args.compile_min_s,
+        "compile_infer_modes": [m for m in (args.compile_infer_modes if not q or
+                                            args.compile_infer_modes != "default,reduce-overhead"
+                                            else "default").split(",") if m],
         "cudnn_benchmark": not args.no_cudnn_benchmark,
         "copy_bytes": (32 << 20) if q else (1 << 30),
         "mm_bf16": 512 if q else 8192,
@@ -1567,6 +1748,7 @@ def main(argv: list[str] | None = None) -> int:
         ("parity", lambda: part_parity(dev, cfg)),
         ("profile", lambda: part_profile(dev, cfg, rates)),
         ("infer", lambda: part_infer(dev, cfg, rates)),
+        ("variants", lambda: part_variants(dev, cfg)),
         ("tiled", lambda: part_tiled(dev, cfg)),
         ("compile", lambda: part_compile(dev, cfg, args)),
     ]
@@ -1597,6 +1779,11 @@ def main(argv: list[str] | None = None) -> int:
         "meets_memory_target": (prof.get("peak_train_mem_per_image_gb") is not None
                                 and prof["peak_train_mem_per_image_gb"]
                                 <= TARGETS["peak_train_mem_per_image_gb_max"]),
+        "compiled_train_images_per_s": (R.get("compile") or {}).get("train_images_per_s"),
+        "compiled_peak_train_mem_per_image_gb": (R.get("compile") or {}).get(
+            "peak_train_mem_per_image_gb"),
+        "compiled_infer_images_per_s": {m: v.get("infer_images_per_s") for m, v in
+                                        ((R.get("compile") or {}).get("infer") or {}).items()},
         "parity_all_pass": (R.get("parity") or {}).get("all_pass"),
         "tiled_covers_image": (R.get("tiled") or {}).get("covers_whole_image"),
     }

@@ -113,3 +113,34 @@ def test_linear_attention_runs_in_float32_under_autocast():
         out = la.linear_attention(q, k, v, q, k)
     assert out.dtype == torch.bfloat16
     assert seen and all(d == torch.float32 for dt in seen for d in dt), seen
+
+
+def test_linear_attention_without_upcast_same_math():
+    q, k, v, qr, kr = _rand_qkv()
+    ref = quadratic_attention_reference(q, k, v, qr, kr)
+    fast = linear_attention(q, k, v, qr, kr, upcast=False)
+    assert fast.dtype == torch.float64
+    assert (fast - ref).norm() / ref.norm() < 1e-10
+
+
+def test_dgla_without_upcast_runs_in_autocast_dtype_and_stays_close():
+    torch.manual_seed(2)
+    ref_attn = DualGatedLinearAttention(dim=24, num_heads=6)
+    fast_attn = DualGatedLinearAttention(dim=24, num_heads=6, upcast=False)
+    fast_attn.load_state_dict(ref_attn.state_dict())
+    x = torch.randn(2, 8 * 8, 24)
+    ref = ref_attn(x, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        up = ref_attn(x, 8, 8)
+        out = fast_attn(x, 8, 8)
+    assert out.dtype == torch.bfloat16
+    err_fast = ((out.float() - ref).norm() / ref.norm()).item()
+    err_up = ((up.float() - ref).norm() / ref.norm()).item()
+    # bf16 rounding only: within a small factor of what the float32 core's bf16 run gives
+    assert err_fast < 3e-2 and err_fast < 3 * err_up + 1e-3, (err_fast, err_up)
+
+
+def test_dgla_block_passes_upcast_through():
+    blk = DGLABlock(24, 6, attn_upcast=False)
+    assert blk.attn.upcast is False
+    assert DGLABlock(24, 6).attn.upcast is True

@@ -92,3 +92,20 @@ def test_cuda_channels_last_gradients_match_cpu(impl: str) -> None:
         (MultiscalePooling((5, 9, 13), impl=impl)(xx) * g.to(dev)).sum().backward()
         grads.append(xx.grad.cpu())
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["direct", "separable"])
+def test_channels_first_copy_same_values_and_gradients(impl):
+    torch.manual_seed(5)
+    x = torch.randn(2, 6, 11, 9).contiguous(memory_format=torch.channels_last).requires_grad_()
+    plain = MultiscalePooling((3, 5), impl=impl)
+    cf = MultiscalePooling((3, 5), impl=impl, channels_first=True)
+    assert "channels_first=True" in repr(cf)
+    w = torch.randn(2, 6, 11, 9)
+    a = plain(x)
+    (ga,) = torch.autograd.grad((a * w).sum(), x)
+    b = cf(x)
+    (gb,) = torch.autograd.grad((b * w).sum(), x)
+    assert b.is_contiguous()  # NCHW out
+    torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(gb, ga, rtol=1e-6, atol=1e-6)

@@ -148,3 +148,42 @@ def test_bf16_autocast_forward_backward():
         y = m(torch.randn(1, 3, 32, 32))
     y.float().mean().backward()
     assert torch.isfinite(y.float()).all()
+
+
+SPEED_SWITCHES = dict(fast_norm=True, fast_attention=True, pool_channels_first=True)
+
+
+def test_speed_switches_reach_their_layers_and_keep_fp32_values():
+    from hrmedseg.layers import DualGatedLinearAttention, LayerNorm, MultiscalePooling
+    torch.manual_seed(0)
+    plain = hrmedseg.create_model("hrmedseg", img_size=64, **TINY).train()
+    fast = hrmedseg.create_model("hrmedseg", img_size=64, **TINY, **SPEED_SWITCHES).train()
+    fast.load_state_dict(plain.state_dict())  # the switches add no parameter
+    assert all(not m.upcast for m in fast.modules() if isinstance(m, DualGatedLinearAttention))
+    assert all(m.fast for m in fast.modules() if isinstance(m, LayerNorm))
+    assert all(m.channels_first for m in fast.modules() if isinstance(m, MultiscalePooling))
+    for m in (plain, fast):  # stochastic depth off: both see the same network
+        for mod in m.modules():
+            if hasattr(mod, "p") and type(mod).__name__ == "DropPath":
+                mod.p = 0.0
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    outs, grads = [], []
+    for m in (plain, fast):
+        out = m(x)
+        (out * torch.linspace(-1, 1, 64)).sum().backward()
+        outs.append(out.detach())
+        grads.append(torch.cat([p.grad.reshape(-1) for p in m.parameters() if p.grad is not None]))
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)
+    assert (grads[1] - grads[0]).norm() / grads[0].norm() < 1e-4
+    # and in bf16 they run (CPU autocast) with bf16 logits close to fp32
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = fast.eval()(x)
+    ref = plain.eval()(x).detach()
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - ref).norm() / ref.norm() < 5e-2
+    # switched back on the built model: the reference path again, config updated
+    fast.set_fast_paths(fast_norm=False, fast_attention=False, pool_channels_first=False)
+    assert not (fast.config.fast_norm or fast.config.fast_attention
+                or fast.config.pool_channels_first)
+    assert all(m.upcast for m in fast.modules() if isinstance(m, DualGatedLinearAttention))
+    assert not any(m.channels_first for m in fast.modules() if isinstance(m, MultiscalePooling))

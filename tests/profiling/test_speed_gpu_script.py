@@ -40,7 +40,9 @@ def test_speed_gpu_quick_writes_json(tmp_path):
     checks = data["parity"]["checks"]
     for name in ("bf16_autocast_vs_fp32", "channels_last_vs_contiguous",
                  "grad_checkpointing_vs_off", "sdpa_math_vs_default_fp32",
-                 "all_fast_paths_vs_fp32", "sdpa_default_vs_math_bf16",
+                 "all_fast_paths_vs_fp32", "fast_norm_bf16_vs_fp32", "fast_attention_bf16_vs_fp32",
+                 "all_switches_bf16_vs_fp32", "pool_channels_first_vs_off",
+                 "sdpa_default_vs_math_bf16",
                  "linear_attention_vs_quadratic_reference", "rope_vs_complex_reference",
                  "multiscale_pooling_vs_sum_count_reference"):
         assert name in checks, name
@@ -48,6 +50,7 @@ def test_speed_gpu_quick_writes_json(tmp_path):
         assert c["out_rel"] >= 0 and c["out_rel"] < 1, (name, c)
         assert isinstance(c["pass"], bool)
     for name in ("channels_last_vs_contiguous", "grad_checkpointing_vs_off",
+                 "pool_channels_first_vs_off",
                  "sdpa_math_vs_default_fp32", "linear_attention_vs_quadratic_reference",
                  "rope_vs_complex_reference", "multiscale_pooling_vs_sum_count_reference"):
         assert checks[name]["pass"], (name, checks[name])
@@ -65,6 +68,17 @@ def test_speed_gpu_quick_writes_json(tmp_path):
     assert prof["saved_tensors"]["unique_bytes"] > 0
     for key in ("bytes_floor_ms", "unfused_op_bytes_ms", "flop_floor_ms"):
         assert prof["floors"][key] > 0, key
+
+    # the bf16 yardstick ran, or says why not (smp is optional)
+    ctx = data["parity"]["context_bf16_vs_fp32"]
+    assert "grad_rel" in ctx or "error" in ctx
+
+    # variants: every switch timed in the same run
+    rows = data["variants"]["rows"]
+    assert set(rows) == {"default", "fast_norm", "fast_attention", "pool_channels_first",
+                         "pool_direct", "all_switches", "channels_last", "grad_checkpointing",
+                         "all_switches+grad_checkpointing"}
+    assert all(r["train_images_per_s"] > 0 and r["infer_images_per_s"] > 0 for r in rows.values())
 
     # inference and tiled
     assert data["infer"]["infer_images_per_s"] > 0

@@ -5,7 +5,7 @@ from .linear_attention import (DGLABlock, DualGatedLinearAttention, elu_feature_
                                linear_attention, quadratic_attention_reference)
 from .mbconv import ConvBN, MBConv
 from .mlp import MLPBlock, Mlp, MultiLayerMLP
-from .norm import LayerNorm2d
+from .norm import LayerNorm, LayerNorm2d, set_fast_norm
 from .pooling import MultiscalePooling
 from .position import PositionEmbeddingRandom
 from .prompt_encoder import PromptEncoder
@@ -13,10 +13,10 @@ from .rope import RotaryEmbedding2d, rope_angles
 from .two_way import TwoWayAttentionBlock, TwoWayTransformer
 
 __all__ = [
-    "Attention", "ConvBN", "DGLABlock", "DropPath", "DualGatedLinearAttention", "LayerNorm2d",
+    "Attention", "ConvBN", "DGLABlock", "DropPath", "DualGatedLinearAttention", "LayerNorm", "LayerNorm2d",
     "MBConv", "MLPBlock", "Mlp", "MultiLayerMLP", "MultiscalePooling", "PositionEmbeddingRandom", "PromptEncoder",
     "RotaryEmbedding2d", "TwoWayAttentionBlock", "TwoWayTransformer", "elu_feature_map",
-    "linear_attention", "quadratic_attention_reference", "rope_angles",
+    "linear_attention", "quadratic_attention_reference", "rope_angles", "set_fast_norm",
 ]
 
 # YOLOv8 conv blocks and CNN attention modules (used by QTSeg).

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .drop_path import DropPath
 from .mlp import Mlp
+from .norm import LayerNorm
 from .rope import RotaryEmbedding2d
 
 
@@ -27,13 +28,23 @@ def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
 
 
 def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     q_rot: torch.Tensor, k_rot: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+                     q_rot: torch.Tensor, k_rot: torch.Tensor, eps: float = 1e-6,
+                     upcast: bool = True) -> torch.Tensor:
     """Core of DGLA for tensors shaped (B, heads, N, d).
 
     ``q``, ``k`` are the (positive) features φ(Q), φ(K) used by the normaliser; ``q_rot``,
-    ``k_rot`` the same features after RoPE, used by the numerator. Computed in float32 at least,
-    because the sum over N tokens loses precision in half precision.
+    ``k_rot`` the same features after RoPE, used by the numerator. With ``upcast`` (the
+    reference) computed in float32 at least. ``upcast=False`` keeps the inputs' dtype (bf16
+    under autocast): the matmuls and the mean still accumulate in float32 inside their kernels,
+    only their results are rounded to bf16, and five float32 copies of (B, heads, N, d) are
+    saved. K is scaled by 1/N before the sum over tokens so that fp16 cannot overflow.
     """
+    if not upcast:
+        n = k.shape[-2]
+        k_mean = k.mean(dim=-2, keepdim=True)
+        z = 1.0 / ((q * k_mean).sum(dim=-1, keepdim=True) + eps)
+        kv = torch.matmul((k_rot * (1.0 / n)).transpose(-2, -1), v)
+        return torch.matmul(q_rot, kv) * z
     out_dtype = v.dtype
     work = torch.promote_types(out_dtype, torch.float32)
     # Autocast would cast the matmuls' inputs back to bf16/fp16: keep it off in here.
@@ -69,11 +80,14 @@ class DualGatedLinearAttention(nn.Module):
         value_reduction: the inter-gate bottleneck is ``dim // value_reduction`` wide
             (96 → 24 → 96 in HRMedSeg).
         rope_base: RoPE frequency base.
+        upcast: run the attention core in float32 under autocast (the reference); False keeps
+            the autocast dtype (see :func:`linear_attention`).
     """
 
     def __init__(self, dim: int, num_heads: int, value_reduction: int = 4,
-                 rope_base: float = 10000.0, use_rope: bool = True) -> None:
+                 rope_base: float = 10000.0, use_rope: bool = True, upcast: bool = True) -> None:
         super().__init__()
+        self.upcast = upcast
         if dim % num_heads != 0:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
         self.dim = dim
@@ -100,7 +114,7 @@ class DualGatedLinearAttention(nn.Module):
         else:
             q_rot, k_rot = q, k
         out = linear_attention(self._heads(q), self._heads(k), self._heads(v),
-                               self._heads(q_rot), self._heads(k_rot))
+                               self._heads(q_rot), self._heads(k_rot), upcast=self.upcast)
         out = out.transpose(1, 2).reshape(b, n, c)
         v_grid = v.transpose(1, 2).reshape(b, c, height, width)
         lepe = self.lepe(v_grid).flatten(2).transpose(1, 2)
@@ -115,14 +129,16 @@ class DGLABlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 2.0,
                  value_reduction: int = 4, drop_path: float = 0.0,
-                 use_exter_gate: bool = True, rope_base: float = 10000.0) -> None:
+                 use_exter_gate: bool = True, rope_base: float = 10000.0,
+                 attn_upcast: bool = True) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim)
         self.gate = nn.Linear(dim, dim) if use_exter_gate else None
-        self.attn = DualGatedLinearAttention(dim, num_heads, value_reduction, rope_base)
+        self.attn = DualGatedLinearAttention(dim, num_heads, value_reduction, rope_base,
+                                             upcast=attn_upcast)
         self.proj = nn.Linear(dim, dim)
         self.drop_path = DropPath(drop_path)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:

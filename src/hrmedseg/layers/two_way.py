@@ -13,6 +13,7 @@ from torch import nn
 
 from .attention import Attention
 from .mlp import MLPBlock
+from .norm import LayerNorm
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -24,13 +25,13 @@ class TwoWayAttentionBlock(nn.Module):
                  skip_first_layer_pe: bool = False) -> None:
         super().__init__()
         self.self_attn = Attention(embedding_dim, num_heads)
-        self.norm1 = nn.LayerNorm(embedding_dim)
+        self.norm1 = LayerNorm(embedding_dim)
         self.cross_attn_token_to_image = Attention(embedding_dim, num_heads,
                                                    attention_downsample_rate)
-        self.norm2 = nn.LayerNorm(embedding_dim)
+        self.norm2 = LayerNorm(embedding_dim)
         self.mlp = MLPBlock(embedding_dim, mlp_dim, activation)
-        self.norm3 = nn.LayerNorm(embedding_dim)
-        self.norm4 = nn.LayerNorm(embedding_dim)
+        self.norm3 = LayerNorm(embedding_dim)
+        self.norm4 = LayerNorm(embedding_dim)
         self.cross_attn_image_to_token = Attention(embedding_dim, num_heads,
                                                    attention_downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
@@ -79,7 +80,7 @@ class TwoWayTransformer(nn.Module):
         )
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads,
                                                    attention_downsample_rate)
-        self.norm_final_attn = nn.LayerNorm(embedding_dim)
+        self.norm_final_attn = LayerNorm(embedding_dim)
         self.key_mixer = key_mixer
 
     def forward(self, image_embedding: torch.Tensor, image_pe: torch.Tensor,

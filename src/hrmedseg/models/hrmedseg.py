@@ -24,8 +24,9 @@ from torch import nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import (DGLABlock, LayerNorm2d, MBConv, MultiLayerMLP, MultiscalePooling,
-                      PositionEmbeddingRandom, PromptEncoder, TwoWayTransformer)
+from ..layers import (DGLABlock, DualGatedLinearAttention, LayerNorm2d, MBConv, MultiLayerMLP,
+                      MultiscalePooling, PositionEmbeddingRandom, PromptEncoder, TwoWayTransformer,
+                      set_fast_norm)
 from ._base import SegmentationModel
 from ._pretrained import load_pretrained
 from ._registry import register_model
@@ -69,6 +70,14 @@ class HRMedSegConfig:
     # δ as (1,k)+(k,1) passes: same values, 30% faster H200 training step at 1024² than the
     # direct k×k pooling ("direct", the reference); benchmarks/results/speed_h200/.
     pool_impl: str = "separable"
+    # δ on an NCHW copy of the (channels-last) embedding: PyTorch's NCHW pooling kernels
+    # stride along contiguous rows (layers/pooling.py). Same values either way.
+    pool_channels_first: bool = False
+    # Under bf16/fp16 autocast, LayerNorm in that dtype instead of autocast's float32 (fewer
+    # casts and half the bytes; layers/norm.py). False: the float32 norm, the reference.
+    fast_norm: bool = False
+    # Under autocast, DGLA's core in that dtype instead of float32 (layers/linear_attention.py).
+    fast_attention: bool = False
     upscaler: str = "convt2x2"
     hypernet_layers: int = 3
     released_layout: bool = True
@@ -124,7 +133,7 @@ class LGViT(nn.Module):
         self.blocks = nn.ModuleList(
             DGLABlock(c, heads[i], cfg.mlp_ratio, cfg.value_reduction,
                       drop_path=dpr[cfg.num_mbconv + i], use_exter_gate=cfg.use_exter_gate,
-                      rope_base=cfg.rope_base)
+                      rope_base=cfg.rope_base, attn_upcast=not cfg.fast_attention)
             for i in range(cfg.depth))
         self.grad_checkpointing = False
 
@@ -211,7 +220,9 @@ class ECMDecoder(nn.Module):
             self.pe_layer = PositionEmbeddingRandom(d // 2)
             self.num_mask_tokens = cfg.num_classes
         self.mask_tokens = nn.Embedding(self.num_mask_tokens, d)
-        mixer = MultiscalePooling(cfg.pool_sizes, impl=cfg.pool_impl) if cfg.pool_sizes else None
+        mixer = (MultiscalePooling(cfg.pool_sizes, impl=cfg.pool_impl,
+                                   channels_first=cfg.pool_channels_first)
+                 if cfg.pool_sizes else None)
         self.transformer = TwoWayTransformer(cfg.decoder_depth, d, cfg.decoder_heads,
                                              cfg.decoder_mlp_dim, nn.ReLU,
                                              cfg.attention_downsample_rate, key_mixer=mixer)
@@ -275,6 +286,24 @@ class HRMedSeg(SegmentationModel):
         self.encoder = LGViT(cfg)
         self.neck = Neck(cfg.embed_dim, cfg.neck_dim)
         self.decoder = ECMDecoder(cfg)
+        self.set_fast_paths()
+
+    def set_fast_paths(self, *, fast_norm: bool | None = None, fast_attention: bool | None = None,
+                       pool_channels_first: bool | None = None) -> "HRMedSeg":
+        """Switch the speed options of :class:`HRMedSegConfig` on a built (or loaded) model;
+        ``None`` keeps the config's value. None of them adds or changes a parameter."""
+        cfg = self.config
+        for name, value in (("fast_norm", fast_norm), ("fast_attention", fast_attention),
+                            ("pool_channels_first", pool_channels_first)):
+            if value is not None:
+                setattr(cfg, name, bool(value))
+        set_fast_norm(self, cfg.fast_norm)
+        for m in self.modules():
+            if isinstance(m, DualGatedLinearAttention):
+                m.upcast = not cfg.fast_attention
+            elif isinstance(m, MultiscalePooling):
+                m.channels_first = cfg.pool_channels_first
+        return self
 
     def set_grad_checkpointing(self, enable: bool = True) -> "HRMedSeg":
         super().set_grad_checkpointing(enable)
