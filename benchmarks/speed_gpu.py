@@ -27,9 +27,10 @@ the JSON is rewritten after every part, so a run killed midway keeps what it mea
   tiled     hrmedseg.inference.Segmenter(mode="tile") on a synthetic 8000x8000x3 uint8 image at
             tile 1024, bf16: wall time (and the part spent in the model), peak GPU memory, output
             shape and coverage.
-  compile   (last, in a subprocess killed at the time budget) the compiled bf16 training step
-            (time, peak memory), compiled bf16 inference per mode (default, reduce-overhead =
-            CUDA graphs), then torch.compile vs eager parity in fp32. Skipped in --quick unless
+  compile   (last, in a subprocess killed at the time budget) what --compile-runs lists, in
+            order: compiled bf16 training steps (time, peak memory) and inference, each with the
+            plain model or all speed switches and a torch.compile mode (reduce-overhead = CUDA
+            graphs), and torch.compile vs eager parity in fp32. Skipped in --quick unless
             --compile.
 
 Usage:
@@ -1327,14 +1328,104 @@ def _die_with_parent(parent_pid: int | None) -> None:
         os._exit(3)  # the parent died before the prctl took effect
 
 
+COMPILE_RUNS_DEFAULT = ("train:plain:default,infer:plain:default,infer:plain:reduce-overhead,"
+                        "parity")
+
+
+def parse_compile_runs(spec: str) -> list[tuple[str, str, str]]:
+    """``kind:switches:mode`` items (kind train|infer in bf16 autocast, train_fp32|infer_fp32
+    without; switches plain|all = ALL_SWITCHES; mode a torch.compile mode) and ``parity``,
+    comma-separated, in the order they are to run."""
+    runs = []
+    for item in (t.strip() for t in spec.split(",")):
+        if not item:
+            continue
+        if item == "parity":
+            runs.append(("parity", "plain", "default"))
+            continue
+        parts = item.split(":")
+        if (len(parts) != 3 or parts[0] not in ("train", "infer", "train_fp32", "infer_fp32")
+                or parts[1] not in ("plain", "all")):
+            raise SystemExit(f"--compile-runs: bad item {item!r} (want kind:switches:mode, "
+                             "kind train|infer|train_fp32|infer_fp32, switches plain|all, or "
+                             "'parity')")
+        runs.append((parts[0], parts[1], parts[2]))
+    return runs
+
+
+def _compiled_train(cfg: dict[str, Any], dev: torch.device, switches: str, mode: str,
+                    amp: torch.dtype | None = torch.bfloat16) -> dict[str, Any]:
+    s, b = cfg["size"], cfg["batch"]
+    kw = dict(ALL_SWITCHES) if switches == "all" else {}
+    model = build_model(s, cfg["seed"], **kw).to(dev).train()
+    cmodel = torch.compile(model, mode=mode)
+    loss_fn, _ = make_loss()
+    x = torch.randn(b, 3, s, s).to(dev)
+    target = random_target(b, s, s, dev, cfg["seed"] + 11)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    step = train_step_fn(cmodel, opt, x, target, amp, loss_fn)
+    with torch.no_grad(), autocast(dev, amp):
+        model(x)  # RoPE table cache (see note_rope_cache)
+    row: dict[str, Any] = {"batch": b, "switches": kw, "mode": mode,
+                           "dtype": "bf16 autocast" if amp else "fp32"}
+    t0 = time.time()
+    step()
+    sync(dev)
+    row["compile_seconds"] = round(time.time() - t0, 2)
+    t = bench(step, dev, cfg["warmup"], cfg["reps"])
+    row["step_ms_median"] = med(t)
+    row["step_ms_all"] = [round(v, 3) for v in t]
+    row["train_images_per_s"] = b / (med(t) / 1e3)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        step()
+        sync(dev)
+        row["peak_train_mem_per_image_gb"] = torch.cuda.max_memory_allocated(dev) / b / 1e9
+    return row
+
+
+def _compiled_infer(cfg: dict[str, Any], dev: torch.device, switches: str, mode: str,
+                    amp: torch.dtype | None = torch.bfloat16) -> dict[str, Any]:
+    s, b = cfg["size"], cfg["infer_batch"]
+    kw = dict(ALL_SWITCHES) if switches == "all" else {}
+    model = build_model(s, cfg["seed"], **kw).to(dev).eval()
+    x = torch.randn(b, 3, s, s).to(dev)
+    with torch.no_grad(), autocast(dev, amp):
+        model(x)  # RoPE table cache
+    cmodel = torch.compile(model, mode=mode)
+
+    def infer() -> None:
+        with torch.inference_mode(), autocast(dev, amp):
+            cmodel(x)
+    row: dict[str, Any] = {"batch": b, "switches": kw, "mode": mode,
+                           "dtype": "bf16 autocast" if amp else "fp32"}
+    t0 = time.time()
+    infer()
+    sync(dev)
+    row["compile_seconds"] = round(time.time() - t0, 2)
+    t = bench(infer, dev, cfg["warmup"], cfg["reps"])
+    row["batch_ms_median"] = med(t)
+    row["batch_ms_all"] = [round(v, 3) for v in t]
+    row["infer_images_per_s"] = b / (med(t) / 1e3)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        infer()
+        sync(dev)
+        row["peak_infer_mem_per_image_gb"] = torch.cuda.max_memory_allocated(dev) / b / 1e9
+    return row
+
+
 def compile_child(cfg: dict[str, Any], dev: torch.device, out_path: str) -> None:
-    """Runs in a subprocess, most wanted first (the parent kills it at the budget): the compiled
-    bf16 training step, compiled bf16 inference in each mode, then compile vs eager parity
-    (fp32)."""
-    res: dict[str, Any] = {"errors": {}, "note_rope_cache": (
+    """Runs in a subprocess, in the order of ``cfg["compile_runs"]`` (most wanted first: the
+    parent kills it at the budget): compiled bf16 training steps and inference per switch set
+    and mode, and compile vs eager parity (fp32)."""
+    res: dict[str, Any] = {"errors": {}, "runs": {}, "note_rope_cache": (
         "one eager forward runs before each compile: RotaryEmbedding2d.tables caches cos/sin "
         "in a dict, and a compiled graph traced with an empty cache is recompiled on the next "
-        "call (guard on the dict's contents), which would double the compile time")}
+        "call (guard on the dict's contents), which would double the compile time"),
+        "note": ("torch.compile(model, mode), bf16 autocast, loss and Adam eager; compile time "
+                 "(first call) excluded from the step time; switches 'all' = "
+                 + ", ".join(ALL_SWITCHES))}
 
     def dump() -> None:
         tmp = out_path + ".tmp"
@@ -1342,102 +1433,37 @@ def compile_child(cfg: dict[str, Any], dev: torch.device, out_path: str) -> None
             json.dump(res, fh, indent=2, default=str)
         os.replace(tmp, out_path)
 
-    s, b = cfg["size"], cfg["batch"]
     torch.backends.cudnn.benchmark = cfg["cudnn_benchmark"]
-    try:
-        model = build_model(s, cfg["seed"]).to(dev).train()
-        cmodel = torch.compile(model)
-        loss_fn, _ = make_loss()
-        x = torch.randn(b, 3, s, s).to(dev)
-        target = random_target(b, s, s, dev, cfg["seed"] + 11)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-        step = train_step_fn(cmodel, opt, x, target, torch.bfloat16, loss_fn)
-        with torch.no_grad(), autocast(dev, torch.bfloat16):
-            model(x)  # RoPE table cache, as above
-        t0 = time.time()
-        log(f"compiling the bf16 training step (batch {b}, {s}x{s})")
-        step()
-        sync(dev)
-        res["train_compile_seconds"] = round(time.time() - t0, 2)
-        dump()
-        t0 = time.time()
-        step()
-        sync(dev)
-        res["train_second_call_seconds"] = round(time.time() - t0, 2)
-        log(f"compiled in {res['train_compile_seconds']} s (second call "
-            f"{res['train_second_call_seconds']} s); timing")
-        dump()
-        t = bench(step, dev, cfg["warmup"], cfg["reps"])
-        res["train_step_ms_median"] = med(t)
-        res["train_step_ms_all"] = [round(v, 3) for v in t]
-        res["train_images_per_s"] = b / (med(t) / 1e3)
-        res["train_batch"] = b
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
-            step()
-            sync(dev)
-            res["peak_train_mem_per_image_gb"] = torch.cuda.max_memory_allocated(dev) / b / 1e9
-        res["note"] = ("torch.compile(model) default mode, bf16 autocast, loss and Adam eager; "
-                       "compile time excluded from the step time")
-        log(f"compiled train step {res['train_step_ms_median']:.2f} ms = "
-            f"{res['train_images_per_s']:.1f} img/s")
-        dump()
-        del cmodel, opt, step
-    except Exception:  # noqa: BLE001
-        res["errors"]["train"] = traceback.format_exc(limit=8)
-        dump()
-    free(dev)
-    res["infer"] = {}
-    for mode in cfg["compile_infer_modes"]:
-        row: dict[str, Any] = {}
-        res["infer"][mode] = row
+    for kind, switches, mode in cfg["compile_runs"]:
+        label = "parity" if kind == "parity" else f"{kind}:{switches}:{mode}"
+        log(f"compile run {label}")
+        torch._dynamo.reset()
         try:
-            torch._dynamo.reset()
-            model = build_model(s, cfg["seed"]).to(dev).eval()
-            xi = torch.randn(cfg["infer_batch"], 3, s, s).to(dev)
-            with torch.no_grad(), autocast(dev, torch.bfloat16):
-                model(xi)  # RoPE table cache
-            cmodel = torch.compile(model, mode=mode)
-
-            def infer() -> None:
-                with torch.inference_mode(), autocast(dev, torch.bfloat16):
-                    cmodel(xi)
-            t0 = time.time()
-            log(f"compiling bf16 inference, mode {mode}")
-            infer()
-            sync(dev)
-            row["compile_seconds"] = round(time.time() - t0, 2)
-            t = bench(infer, dev, cfg["warmup"], cfg["reps"])
-            row["batch"] = cfg["infer_batch"]
-            row["batch_ms_median"] = med(t)
-            row["batch_ms_all"] = [round(v, 3) for v in t]
-            row["infer_images_per_s"] = cfg["infer_batch"] / (med(t) / 1e3)
-            log(f"compiled inference ({mode}): {med(t):.2f} ms = "
-                f"{row['infer_images_per_s']:.1f} img/s")
-            del cmodel, model, xi
+            if kind == "parity":
+                with strict_fp32():
+                    base, x, w, tgt = parity_base(cfg, dev)
+                    with torch.no_grad():
+                        base(x)  # fills RotaryEmbedding2d's table cache
+                    ref = run_variant(base, x, w, tgt)
+                    t0 = time.time()
+                    cand = run_variant(base, x, w, tgt, compiled=True)
+                    res["compile_parity_seconds"] = round(time.time() - t0, 2)
+                    res["parity"] = _check("compile_vs_eager_fp32", cand, ref, TOL_FP32,
+                                           "torch.compile(model) default mode, fp32, first call "
+                                           "(compiles forward and backward)", t0)
+                    del base, x, w, tgt, ref, cand
+            else:
+                fn = _compiled_train if kind.startswith("train") else _compiled_infer
+                row = fn(cfg, dev, switches, mode,
+                         None if kind.endswith("_fp32") else torch.bfloat16)
+                res["runs"][label] = row
+                rate = row.get("train_images_per_s", row.get("infer_images_per_s"))
+                log(f"compiled {label}: {rate:.1f} img/s (compile {row['compile_seconds']} s)")
         except Exception:  # noqa: BLE001
-            row["error"] = traceback.format_exc(limit=8)
+            res["errors"][label] = traceback.format_exc(limit=8)
+            log(f"compile run {label}: ERROR")
         dump()
         free(dev)
-    try:
-        torch._dynamo.reset()
-        with strict_fp32():
-            base, x, w, tgt = parity_base(cfg, dev)
-            with torch.no_grad():
-                base(x)  # fills RotaryEmbedding2d's table cache (see res["note_rope_cache"])
-            ref = run_variant(base, x, w, tgt)
-            t0 = time.time()
-            log("compiling fp32 forward + backward (parity vs eager)")
-            cand = run_variant(base, x, w, tgt, compiled=True)
-            res["compile_parity_seconds"] = round(time.time() - t0, 2)
-            res["parity"] = _check("compile_vs_eager_fp32", cand, ref, TOL_FP32,
-                                   "torch.compile(model) default mode, fp32, first call "
-                                   "(compiles forward and backward)", t0)
-            del base, x, w, tgt, ref, cand
-        dump()
-    except Exception:  # noqa: BLE001
-        res["errors"]["parity"] = traceback.format_exc(limit=8)
-        dump()
 
 
 def part_compile(dev: torch.device, cfg: dict[str, Any], args: argparse.Namespace
@@ -1459,7 +1485,7 @@ def part_compile(dev: torch.device, cfg: dict[str, Any], args: argparse.Namespac
     cmd += ["--quick"] if args.quick else []
     for k in ("size", "batch", "infer_batch", "parity_batch", "warmup", "reps", "seed"):
         cmd += [f"--{k.replace('_', '-')}", str(cfg[k])]
-    cmd += ["--compile-infer-modes", ",".join(cfg["compile_infer_modes"])]
+    cmd += ["--compile-runs", cfg["compile_runs_spec"]]
     if not cfg["cudnn_benchmark"]:
         cmd += ["--no-cudnn-benchmark"]
     if dev.type == "cpu":
@@ -1590,16 +1616,20 @@ def summary_table(r: dict[str, Any]) -> str:
         if "skipped" in cm:
             L.append(f"compile: skipped ({cm['skipped']})")
         else:
-            L.append(f"compile: train step {_f(cm.get('train_step_ms_median'), '.2f')} ms = "
-                     f"{_f(cm.get('train_images_per_s'), '.1f')} img/s (compile "
-                     f"{_f(cm.get('train_compile_seconds'), '.0f')} s)"
-                     + (f", timed out after {cm['timed_out_after_s']} s"
-                        if "timed_out_after_s" in cm else "")
-                     + (f", errors: {', '.join(cm['errors'])}" if cm.get("errors") else ""))
-            for mode, row in (cm.get("infer") or {}).items():
-                L.append(f"compile: infer ({mode}) {_f(row.get('batch_ms_median'), '.2f')} ms = "
-                         f"{_f(row.get('infer_images_per_s'), '.1f')} img/s"
-                         + (" ERROR" if "error" in row else ""))
+            for label, row in (cm.get("runs") or {}).items():
+                if "train_images_per_s" in row:
+                    L.append(f"compile {label}: step {row['step_ms_median']:.2f} ms = "
+                             f"{row['train_images_per_s']:.1f} img/s, "
+                             f"{_f(row.get('peak_train_mem_per_image_gb'), '.3f')} GB/img "
+                             f"(compile {row['compile_seconds']:.0f} s)")
+                else:
+                    L.append(f"compile {label}: batch {row['batch_ms_median']:.2f} ms = "
+                             f"{row['infer_images_per_s']:.1f} img/s "
+                             f"(compile {row['compile_seconds']:.0f} s)")
+            if "timed_out_after_s" in cm:
+                L.append(f"compile: timed out after {cm['timed_out_after_s']} s")
+            if cm.get("errors"):
+                L.append(f"compile errors: {', '.join(cm['errors'])}")
     errs = r.get("errors") or {}
     L.append("errors: " + (", ".join(f"{k}: {v.strip().splitlines()[-1][:100]}"
                                      for k, v in errs.items()) if errs else "none"))
@@ -1642,9 +1672,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--compile", dest="compile", action="store_true", default=None,
                     help="run the compile part (default: yes, except in --quick)")
     ap.add_argument("--no-compile", dest="compile", action="store_false")
-    ap.add_argument("--compile-infer-modes", default="default,reduce-overhead",
-                    help="torch.compile modes timed for inference, in order "
-                         "(default,reduce-overhead; quick: default)")
+    ap.add_argument("--compile-runs", default=COMPILE_RUNS_DEFAULT,
+                    help="what the compile part runs, in order: kind:switches:mode items (kind "
+                         "train|infer, switches plain|all, a torch.compile mode) and 'parity' "
+                         f"({COMPILE_RUNS_DEFAULT})")
     ap.add_argument("--no-cudnn-benchmark", action="store_true",
                     help="leave torch.backends.cudnn.benchmark off in the timed parts")
     ap.add_argument("--trace-dir", help="also write the profiler's chrome trace here")
@@ -1679,9 +1710,8 @@ def make_config(args: argparse.Namespace, dev: torch.device) -> dict[str, Any]:
         "seed": args.seed,
         "budget_s": args.budget_s,
         "compile_min_s": args.compile_min_s,
-        "compile_infer_modes": [m for m in (args.compile_infer_modes if not q or
-                                            args.compile_infer_modes != "default,reduce-overhead"
-                                            else "default").split(",") if m],
+        "compile_runs_spec": args.compile_runs,
+        "compile_runs": parse_compile_runs(args.compile_runs),
         "cudnn_benchmark": not args.no_cudnn_benchmark,
         "copy_bytes": (32 << 20) if q else (1 << 30),
         "mm_bf16": 512 if q else 8192,
@@ -1779,11 +1809,10 @@ def main(argv: list[str] | None = None) -> int:
         "meets_memory_target": (prof.get("peak_train_mem_per_image_gb") is not None
                                 and prof["peak_train_mem_per_image_gb"]
                                 <= TARGETS["peak_train_mem_per_image_gb_max"]),
-        "compiled_train_images_per_s": (R.get("compile") or {}).get("train_images_per_s"),
-        "compiled_peak_train_mem_per_image_gb": (R.get("compile") or {}).get(
-            "peak_train_mem_per_image_gb"),
-        "compiled_infer_images_per_s": {m: v.get("infer_images_per_s") for m, v in
-                                        ((R.get("compile") or {}).get("infer") or {}).items()},
+        "compiled": {label: {k: row.get(k) for k in ("train_images_per_s",
+                                                      "peak_train_mem_per_image_gb",
+                                                      "infer_images_per_s") if k in row}
+                     for label, row in ((R.get("compile") or {}).get("runs") or {}).items()},
         "parity_all_pass": (R.get("parity") or {}).get("all_pass"),
         "tiled_covers_image": (R.get("tiled") or {}).get("covers_whole_image"),
     }

@@ -174,3 +174,30 @@ def test_op_bandwidth_table_joins_profiler_times_and_op_bytes():
     assert add["fraction_of_copy_bw"] == 1.0 and add["achieved_TFLOPs"] is None
     assert mm["achieved_GBps"] == 2000.0 and mm["achieved_TFLOPs"] == 2.0
     assert t["ops_timed_ms"] == 1.5 and t["ops_with_bytes_ms"] == 1.5
+
+
+def test_compile_runs_parse_and_child_writes_each_run(tmp_path, monkeypatch):
+    """The compile child's bookkeeping, with torch.compile stubbed out (inductor takes minutes
+    on the CPU; the GPU run compiles for real)."""
+    mod = _load_script()
+    assert mod.parse_compile_runs("train:all:default, infer:plain:reduce-overhead,parity") == [
+        ("train", "all", "default"), ("infer", "plain", "reduce-overhead"),
+        ("parity", "plain", "default")]
+    with pytest.raises(SystemExit, match="bad item"):
+        mod.parse_compile_runs("train:some:default")
+    import torch
+    monkeypatch.setattr(torch, "compile", lambda m, mode=None: m)
+    args = mod.parse_args(["--quick", "-o", str(tmp_path / "x.json"), "--size", "64",
+                           "--batch", "2", "--reps", "1", "--warmup", "0",
+                           "--compile-runs",
+                           "train:all:default,infer:plain:reduce-overhead,train_fp32:plain:default"])
+    cfg = mod.make_config(args, torch.device("cpu"))
+    out = tmp_path / "child.json"
+    mod.compile_child(cfg, torch.device("cpu"), str(out))
+    res = json.loads(out.read_text())
+    assert res["errors"] == {}
+    train = res["runs"]["train:all:default"]
+    assert train["train_images_per_s"] > 0 and train["switches"] == mod.ALL_SWITCHES
+    infer = res["runs"]["infer:plain:reduce-overhead"]
+    assert infer["infer_images_per_s"] > 0 and infer["switches"] == {}
+    assert res["runs"]["train_fp32:plain:default"]["dtype"] == "fp32"
