@@ -394,7 +394,7 @@ def parity_base(cfg: dict[str, Any], dev: torch.device
 def run_variant(base: nn.Module, x: torch.Tensor, w: torch.Tensor, target: torch.Tensor, *,
                 amp: torch.dtype | None = None, channels_last: bool = False, ckpt: bool = False,
                 compiled: bool = False, sdpa_math: bool = False,
-                fast_paths: dict[str, bool] | None = None
+                fast_paths: dict[str, bool] | None = None, compile_mode: str = "default"
                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """Output and concatenated parameter gradients of a copy of ``base`` under the loss
     mean(out * w) (a fixed random cotangent: gradients differ only by the model), and
@@ -409,7 +409,7 @@ def run_variant(base: nn.Module, x: torch.Tensor, w: torch.Tensor, target: torch
         model = model.to(memory_format=torch.channels_last)
         inp = x.contiguous(memory_format=torch.channels_last)
     diag: dict[str, torch.Tensor] = {}
-    fn: Callable = torch.compile(model) if compiled else model
+    fn: Callable = torch.compile(model, mode=compile_mode) if compiled else model
     loss_fn, _ = make_loss()
 
     def once(kind: str) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
@@ -1333,9 +1333,10 @@ COMPILE_RUNS_DEFAULT = ("train:plain:default,infer:plain:default,infer:plain:red
 
 
 def parse_compile_runs(spec: str) -> list[tuple[str, str, str]]:
-    """``kind:switches:mode`` items (kind train|infer in bf16 autocast, train_fp32|infer_fp32
-    without; switches plain|all = ALL_SWITCHES; mode a torch.compile mode) and ``parity``,
-    comma-separated, in the order they are to run."""
+    """``kind:switches:mode`` items and ``parity``, comma-separated, in the order they are to
+    run. kind: train|infer in bf16 autocast, train_fp32|infer_fp32 without, parity_bf16 (the
+    compiled bf16 model against eager bf16 and eager fp32); switches: plain|all (ALL_SWITCHES),
+    optionally +ckpt (gradient checkpointing); mode: a torch.compile mode."""
     runs = []
     for item in (t.strip() for t in spec.split(",")):
         if not item:
@@ -1344,11 +1345,12 @@ def parse_compile_runs(spec: str) -> list[tuple[str, str, str]]:
             runs.append(("parity", "plain", "default"))
             continue
         parts = item.split(":")
-        if (len(parts) != 3 or parts[0] not in ("train", "infer", "train_fp32", "infer_fp32")
-                or parts[1] not in ("plain", "all")):
+        if (len(parts) != 3 or parts[0] not in ("train", "infer", "train_fp32", "infer_fp32",
+                                                 "parity_bf16")
+                or parts[1] not in ("plain", "all", "plain+ckpt", "all+ckpt")):
             raise SystemExit(f"--compile-runs: bad item {item!r} (want kind:switches:mode, "
-                             "kind train|infer|train_fp32|infer_fp32, switches plain|all, or "
-                             "'parity')")
+                             "kind train|infer|train_fp32|infer_fp32|parity_bf16, switches "
+                             "plain|all, optionally +ckpt, or 'parity')")
         runs.append((parts[0], parts[1], parts[2]))
     return runs
 
@@ -1356,8 +1358,9 @@ def parse_compile_runs(spec: str) -> list[tuple[str, str, str]]:
 def _compiled_train(cfg: dict[str, Any], dev: torch.device, switches: str, mode: str,
                     amp: torch.dtype | None = torch.bfloat16) -> dict[str, Any]:
     s, b = cfg["size"], cfg["batch"]
-    kw = dict(ALL_SWITCHES) if switches == "all" else {}
+    kw = dict(ALL_SWITCHES) if switches.startswith("all") else {}
     model = build_model(s, cfg["seed"], **kw).to(dev).train()
+    model.set_grad_checkpointing(switches.endswith("+ckpt"))
     cmodel = torch.compile(model, mode=mode)
     loss_fn, _ = make_loss()
     x = torch.randn(b, 3, s, s).to(dev)
@@ -1367,12 +1370,21 @@ def _compiled_train(cfg: dict[str, Any], dev: torch.device, switches: str, mode:
     with torch.no_grad(), autocast(dev, amp):
         model(x)  # RoPE table cache (see note_rope_cache)
     row: dict[str, Any] = {"batch": b, "switches": kw, "mode": mode,
+                           "grad_checkpointing": switches.endswith("+ckpt"),
                            "dtype": "bf16 autocast" if amp else "fp32"}
+    if dev.type == "cuda":
+        sync(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.time()
     step()
     sync(dev)
     row["compile_seconds"] = round(time.time() - t0, 2)
     t = bench(step, dev, cfg["warmup"], cfg["reps"])
+    if dev.type == "cuda":
+        # CUDA graphs (reduce-overhead) replay into a private pool without allocator calls, so
+        # max_memory_allocated after a reset misses them; the reserved peak over the whole run
+        # (compile, warm-up, recording, replays) bounds the step's memory from above.
+        row["peak_reserved_whole_run_per_image_gb"] = torch.cuda.max_memory_reserved(dev) / b / 1e9
     row["step_ms_median"] = med(t)
     row["step_ms_all"] = [round(v, 3) for v in t]
     row["train_images_per_s"] = b / (med(t) / 1e3)
@@ -1387,7 +1399,7 @@ def _compiled_train(cfg: dict[str, Any], dev: torch.device, switches: str, mode:
 def _compiled_infer(cfg: dict[str, Any], dev: torch.device, switches: str, mode: str,
                     amp: torch.dtype | None = torch.bfloat16) -> dict[str, Any]:
     s, b = cfg["size"], cfg["infer_batch"]
-    kw = dict(ALL_SWITCHES) if switches == "all" else {}
+    kw = dict(ALL_SWITCHES) if switches.startswith("all") else {}
     model = build_model(s, cfg["seed"], **kw).to(dev).eval()
     x = torch.randn(b, 3, s, s).to(dev)
     with torch.no_grad(), autocast(dev, amp):
@@ -1413,6 +1425,34 @@ def _compiled_infer(cfg: dict[str, Any], dev: torch.device, switches: str, mode:
         sync(dev)
         row["peak_infer_mem_per_image_gb"] = torch.cuda.max_memory_allocated(dev) / b / 1e9
     return row
+
+
+def _compiled_bf16_parity(cfg: dict[str, Any], dev: torch.device, switches: str, mode: str
+                          ) -> dict[str, Any]:
+    """The compiled bf16 model (with these switches and mode) against the same model eager in
+    bf16 (what compiling changes) and against the plain eager fp32 reference (what the whole
+    fast path changes), by the parity part's method."""
+    fast = dict(ALL_SWITCHES) if switches.startswith("all") else {}
+    ckpt = switches.endswith("+ckpt")
+    with strict_fp32():
+        base, x, w, tgt = parity_base(cfg, dev)
+        with torch.no_grad():
+            base(x)  # RoPE table cache
+        ref32 = run_variant(base, x, w, tgt)
+        eager = run_variant(base, x, w, tgt, amp=torch.bfloat16, fast_paths=fast, ckpt=ckpt)
+        t0 = time.time()
+        comp = run_variant(base, x, w, tgt, amp=torch.bfloat16, fast_paths=fast, ckpt=ckpt,
+                           compiled=True, compile_mode=mode)
+        out = {"compiled_vs_eager_bf16": _check(
+                   f"compiled {switches}:{mode} vs eager bf16", comp, eager, TOL_BF16,
+                   "same switches, both bf16 autocast", t0),
+               "compiled_vs_fp32_reference": _check(
+                   f"compiled {switches}:{mode} vs eager fp32 plain", comp, ref32, TOL_BF16,
+                   "the whole fast path against the plain fp32 reference"),
+               "eager_bf16_vs_fp32_reference": _check(
+                   f"eager bf16 {switches} vs eager fp32 plain", eager, ref32, TOL_BF16,
+                   "for comparison: the same switches without compiling")}
+    return out
 
 
 def compile_child(cfg: dict[str, Any], dev: torch.device, out_path: str) -> None:
@@ -1452,6 +1492,9 @@ def compile_child(cfg: dict[str, Any], dev: torch.device, out_path: str) -> None
                                            "torch.compile(model) default mode, fp32, first call "
                                            "(compiles forward and backward)", t0)
                     del base, x, w, tgt, ref, cand
+            elif kind == "parity_bf16":
+                res.setdefault("parity_bf16", {})[f"{switches}:{mode}"] = _compiled_bf16_parity(
+                    cfg, dev, switches, mode)
             else:
                 fn = _compiled_train if kind.startswith("train") else _compiled_infer
                 row = fn(cfg, dev, switches, mode,
@@ -1621,11 +1664,17 @@ def summary_table(r: dict[str, Any]) -> str:
                     L.append(f"compile {label}: step {row['step_ms_median']:.2f} ms = "
                              f"{row['train_images_per_s']:.1f} img/s, "
                              f"{_f(row.get('peak_train_mem_per_image_gb'), '.3f')} GB/img "
-                             f"(compile {row['compile_seconds']:.0f} s)")
+                             f"(reserved over the run "
+                             f"{_f(row.get('peak_reserved_whole_run_per_image_gb'), '.3f')}; "
+                             f"compile {row['compile_seconds']:.0f} s)")
                 else:
                     L.append(f"compile {label}: batch {row['batch_ms_median']:.2f} ms = "
                              f"{row['infer_images_per_s']:.1f} img/s "
                              f"(compile {row['compile_seconds']:.0f} s)")
+            for label, checks in (cm.get("parity_bf16") or {}).items():
+                for name, c in checks.items():
+                    L.append(f"compile parity {label} {name}: out {c['out_rel']:.2e} grad "
+                             f"{c['grad_rel']:.2e} (1-cos {c['grad_one_minus_cos']:.1e})")
             if "timed_out_after_s" in cm:
                 L.append(f"compile: timed out after {cm['timed_out_after_s']} s")
             if cm.get("errors"):

@@ -16,8 +16,11 @@ if [ "$DRY" = 1 ]; then
 else
   ARGS="--budget-s ${SPB:-520}"
 fi
-$PY $J/bench/speed_gpu.py $ARGS --parts rates,profile,infer,variants,compile --compile \
-  --compile-runs train:all:default,train:all:reduce-overhead,infer:all:reduce-overhead,train_fp32:plain:default,infer:plain:reduce-overhead,train:plain:default \
+# Second call: PARTS=rates,compile RUNS=<checkpointing with compile, CUDA graphs' parity and
+# memory> (benchmarks/README.md, session 6).
+PARTS=${PARTS:-rates,profile,infer,variants,compile}
+RUNS=${RUNS:-train:all:default,train:all:reduce-overhead,infer:all:reduce-overhead,train_fp32:plain:default,infer:plain:reduce-overhead,train:plain:default}
+$PY $J/bench/speed_gpu.py $ARGS --parts $PARTS --compile --compile-runs $RUNS \
   -o $R/speed_gpu.json > $R/logs/speed_gpu.log 2>&1
 echo "$(date -u +%T) end speed_gpu rc=$?" >> $R/status
 echo "$(date -u +%T) pipeline done" >> $R/status

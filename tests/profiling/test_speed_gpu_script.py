@@ -190,7 +190,8 @@ def test_compile_runs_parse_and_child_writes_each_run(tmp_path, monkeypatch):
     args = mod.parse_args(["--quick", "-o", str(tmp_path / "x.json"), "--size", "64",
                            "--batch", "2", "--reps", "1", "--warmup", "0",
                            "--compile-runs",
-                           "train:all:default,infer:plain:reduce-overhead,train_fp32:plain:default"])
+                           "train:all:default,infer:plain:reduce-overhead,"
+                           "train_fp32:plain+ckpt:default,parity_bf16:all+ckpt:default"])
     cfg = mod.make_config(args, torch.device("cpu"))
     out = tmp_path / "child.json"
     mod.compile_child(cfg, torch.device("cpu"), str(out))
@@ -200,4 +201,9 @@ def test_compile_runs_parse_and_child_writes_each_run(tmp_path, monkeypatch):
     assert train["train_images_per_s"] > 0 and train["switches"] == mod.ALL_SWITCHES
     infer = res["runs"]["infer:plain:reduce-overhead"]
     assert infer["infer_images_per_s"] > 0 and infer["switches"] == {}
-    assert res["runs"]["train_fp32:plain:default"]["dtype"] == "fp32"
+    fp32 = res["runs"]["train_fp32:plain+ckpt:default"]
+    assert fp32["dtype"] == "fp32" and fp32["grad_checkpointing"] is True
+    par = res["parity_bf16"]["all+ckpt:default"]
+    # (compile stubbed: "compiled" is eager here, so it equals eager bf16 exactly)
+    assert par["compiled_vs_eager_bf16"]["grad_rel"] == 0.0
+    assert 0 < par["compiled_vs_fp32_reference"]["grad_rel"] < 0.5
