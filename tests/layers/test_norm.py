@@ -69,7 +69,7 @@ def test_fast_norm_outside_autocast_is_exact():
 
 def test_hrmedseg_config_switches_every_norm():
     tiny = dict(img_size=64, depth=4, embed_dim=24, num_heads=(2, 2, 2))
-    plain = create_model("hrmedseg", **tiny)
+    plain = create_model("hrmedseg", fast_norm=False, **tiny)
     fast = create_model("hrmedseg", fast_norm=True, **tiny)
     norms = [m for m in fast.modules() if isinstance(m, (LayerNorm, LayerNorm2d))]
     # 2 per DGLA block, neck 2, upscaler 1, two-way transformer 4 per layer + final, and the

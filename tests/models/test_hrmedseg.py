@@ -153,11 +153,12 @@ def test_bf16_autocast_forward_backward():
 SPEED_SWITCHES = dict(fast_norm=True, fast_attention=True, pool_channels_first=True)
 
 
-def test_speed_switches_reach_their_layers_and_keep_fp32_values():
+def test_speed_switches_default_on_reach_their_layers_and_keep_fp32_values():
     from hrmedseg.layers import DualGatedLinearAttention, LayerNorm, MultiscalePooling
     torch.manual_seed(0)
-    plain = hrmedseg.create_model("hrmedseg", img_size=64, **TINY).train()
-    fast = hrmedseg.create_model("hrmedseg", img_size=64, **TINY, **SPEED_SWITCHES).train()
+    plain = hrmedseg.create_model("hrmedseg", img_size=64, **TINY,
+                                  **{k: False for k in SPEED_SWITCHES}).train()
+    fast = hrmedseg.create_model("hrmedseg", img_size=64, **TINY).train()  # the defaults
     fast.load_state_dict(plain.state_dict())  # the switches add no parameter
     assert all(not m.upcast for m in fast.modules() if isinstance(m, DualGatedLinearAttention))
     assert all(m.fast for m in fast.modules() if isinstance(m, LayerNorm))

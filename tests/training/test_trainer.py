@@ -153,8 +153,18 @@ def test_compile_mode_reaches_torch_compile_and_bad_modes_are_config_errors(tmp_
                                 "train.batch_size=2", "data.workers=0",
                                 f"train.out_dir={tmp_path / 'run'}", "train.compile=true",
                                 "train.compile_mode=reduce-overhead", TINY_OVERRIDES])
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
     trainer = Trainer(cfg, build_model(cfg), build_loss("dice_ce", 1), _SlowStartDataset())
-    trainer.close()
+    try:
+        # CUDA-graph modes mark every training step as a new one (their output buffers are
+        # reused between replays)
+        batch = {"image": torch.randn(2, 3, 32, 32), "mask": torch.randint(0, 2, (2, 32, 32))}
+        trainer.train_step(batch)
+        trainer.train_step(batch)
+    finally:
+        trainer.close()
     assert seen == {"mode": "reduce-overhead"}
+    assert len(marks) == 2
     with pytest.raises(ConfigError, match="train.compile_mode"):
         load_config(None, ["train.compile_mode=fastest"])

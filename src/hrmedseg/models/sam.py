@@ -55,6 +55,7 @@ from ._hub import CheckpointError, load_state_dict_checked
 from ._pretrained import PretrainedWeightError, load_pretrained, sha256_of, weight_index
 from ._registry import register_model
 from .hrmedseg import HRMedSeg, HRMedSegConfig, LGViT, Neck
+from ..layers import set_fast_norm
 
 __all__ = [
     "TinyViT", "TinyViTBlock", "WindowAttention", "PatchMerging", "MaskDecoder",
@@ -433,6 +434,7 @@ class HRMedSegImageEncoder(nn.Module):
         self.encoder = LGViT(cfg)
         self.neck = Neck(cfg.embed_dim, cfg.neck_dim)
         self.img_size = cfg.img_size[0]
+        set_fast_norm(self, cfg.fast_norm)  # as in HRMedSeg (fast_attention is LGViT's own)
 
     @classmethod
     def from_model(cls, model: HRMedSeg) -> "HRMedSegImageEncoder":

@@ -150,6 +150,8 @@ class Trainer:
                 gradient_as_bucket_view=True)
         if cfg.train.compile:
             self.net = torch.compile(self.net, mode=cfg.train.compile_mode)
+        self._cudagraphs = cfg.train.compile and cfg.train.compile_mode in ("reduce-overhead",
+                                                                           "max-autotune")
         self.loss_fn = loss_fn
         self.opt = build_optimizer(cfg, self.model)
         self.amp = AMP[cfg.train.precision]
@@ -266,6 +268,9 @@ class Trainer:
     def train_step(self, batch: dict[str, Any]) -> float:
         x, y = self._inputs(batch)
         self.opt.zero_grad(set_to_none=True)
+        if self._cudagraphs:
+            # CUDA graphs reuse output buffers between replays: each step is a new one.
+            torch.compiler.cudagraph_mark_step_begin()
         with self._autocast():
             logits = self.net(x)
         loss = self.loss_fn(logits.float(), y)
