@@ -186,3 +186,23 @@ def test_uncompressed_tiff_uses_memmap(tmp_path):
 def test_bad_mode_rejected(tiny):
     with pytest.raises(ValueError, match="mode"):
         Segmenter(tiny, device="cpu", mode="sliding")
+
+
+def test_compile_option_wraps_the_model_and_keeps_predictions(tiny, monkeypatch):
+    """``compile=`` hands the mode to torch.compile (stubbed: no compiler run on the CPU suite);
+    the CUDA-graph mode marks each call a new step and copies the logits out."""
+    seen, marks = [], []
+
+    def fake_compile(model, mode=None):
+        seen.append(mode)
+        return model
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    img = _image(TILE, TILE)
+    ref = Segmenter(tiny, device="cpu").predict(img)
+    seg = Segmenter(tiny, device="cpu", compile="reduce-overhead")
+    out = seg.predict(img)
+    assert seen == ["reduce-overhead"] and marks
+    np.testing.assert_array_equal(out.labels, ref.labels)
+    with pytest.raises(ValueError, match="compile must be one of"):
+        Segmenter(tiny, device="cpu", compile="fastest")
