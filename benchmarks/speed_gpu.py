@@ -133,6 +133,15 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return nd / nb
 
 
+def peak_per_image_gb(fn: Callable[[], Any], dev: torch.device, batch: int) -> float:
+    """Peak ``max_memory_allocated`` (GB) over one call of ``fn``, divided by ``batch``."""
+    sync(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    fn()
+    sync(dev)
+    return torch.cuda.max_memory_allocated(dev) / batch / 1e9
+
+
 def free(dev: torch.device) -> None:
     gc.collect()
     if dev.type == "cuda":
@@ -1148,11 +1157,7 @@ def part_variants(dev: torch.device, cfg: dict[str, Any]) -> dict[str, Any]:
             t = bench(step, dev, cfg["warmup"], cfg["reps"])
             row: dict[str, Any] = {"step_ms_median": med(t), "train_images_per_s": b / (med(t) / 1e3)}
             if dev.type == "cuda":
-                sync(dev)
-                torch.cuda.reset_peak_memory_stats(dev)
-                step()
-                sync(dev)
-                row["peak_train_mem_per_image_gb"] = torch.cuda.max_memory_allocated(dev) / b / 1e9
+                row["peak_train_mem_per_image_gb"] = peak_per_image_gb(step, dev, b)
             del opt, step
             model.eval()
 
@@ -1194,11 +1199,7 @@ def part_infer(dev: torch.device, cfg: dict[str, Any], rates: dict[str, Any]) ->
     res["infer_images_per_s"] = b / (med(t) / 1e3)
     log(f"infer: batch {b} {med(t):.2f} ms -> {res['infer_images_per_s']:.1f} img/s")
     if dev.type == "cuda":
-        sync(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-        infer()
-        sync(dev)
-        res["peak_infer_mem_per_image_gb"] = torch.cuda.max_memory_allocated(dev) / b / 1e9
+        res["peak_infer_mem_per_image_gb"] = peak_per_image_gb(infer, dev, b)
     try:
         ops = OpStats()
         with torch.inference_mode(), autocast(dev, torch.bfloat16), ops.mode:
@@ -1380,28 +1381,7 @@ def _compiled_train(cfg: dict[str, Any], dev: torch.device, switches: str, mode:
     row: dict[str, Any] = {"batch": b, "switches": kw, "mode": mode,
                            "grad_checkpointing": switches.endswith("+ckpt"),
                            "dtype": "bf16 autocast" if amp else "fp32"}
-    if dev.type == "cuda":
-        sync(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-    t0 = time.time()
-    step()
-    sync(dev)
-    row["compile_seconds"] = round(time.time() - t0, 2)
-    t = bench(step, dev, cfg["warmup"], cfg["reps"])
-    if dev.type == "cuda":
-        # CUDA graphs (reduce-overhead) replay into a private pool without allocator calls, so
-        # max_memory_allocated after a reset misses them; the reserved peak over the whole run
-        # (compile, warm-up, recording, replays) bounds the step's memory from above.
-        row["peak_reserved_whole_run_per_image_gb"] = torch.cuda.max_memory_reserved(dev) / b / 1e9
-    row["step_ms_median"] = med(t)
-    row["step_ms_all"] = [round(v, 3) for v in t]
-    row["train_images_per_s"] = b / (med(t) / 1e3)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-        step()
-        sync(dev)
-        row["peak_train_mem_per_image_gb"] = torch.cuda.max_memory_allocated(dev) / b / 1e9
-    return row
+    return _measure_compiled(step, dev, cfg, row, "train")
 
 
 def _compiled_infer(cfg: dict[str, Any], dev: torch.device, switches: str, mode: str,
@@ -1419,19 +1399,35 @@ def _compiled_infer(cfg: dict[str, Any], dev: torch.device, switches: str, mode:
             cmodel(x)
     row: dict[str, Any] = {"batch": b, "switches": kw, "mode": mode,
                            "dtype": "bf16 autocast" if amp else "fp32"}
+    return _measure_compiled(infer, dev, cfg, row, "infer")
+
+
+def _measure_compiled(fn: Callable[[], None], dev: torch.device, cfg: dict[str, Any],
+                      row: dict[str, Any], kind: str) -> dict[str, Any]:
+    """Into ``row``: the first call's time (the compile), the median call time and images/s,
+    and peak memory per image (``kind`` "train" names them step/train, "infer" batch/infer)."""
+    b = row["batch"]
+    ms_key, rate_key, mem_key = (("step_ms", "train_images_per_s", "peak_train_mem_per_image_gb")
+                                 if kind == "train" else
+                                 ("batch_ms", "infer_images_per_s", "peak_infer_mem_per_image_gb"))
+    if dev.type == "cuda":
+        sync(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.time()
-    infer()
+    fn()
     sync(dev)
     row["compile_seconds"] = round(time.time() - t0, 2)
-    t = bench(infer, dev, cfg["warmup"], cfg["reps"])
-    row["batch_ms_median"] = med(t)
-    row["batch_ms_all"] = [round(v, 3) for v in t]
-    row["infer_images_per_s"] = b / (med(t) / 1e3)
+    t = bench(fn, dev, cfg["warmup"], cfg["reps"])
     if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-        infer()
-        sync(dev)
-        row["peak_infer_mem_per_image_gb"] = torch.cuda.max_memory_allocated(dev) / b / 1e9
+        # CUDA graphs (reduce-overhead) replay into a private pool without allocator calls, so
+        # max_memory_allocated after a reset misses them; the reserved peak over the whole run
+        # (compile, warm-up, recording, replays) bounds the call's memory from above.
+        row["peak_reserved_whole_run_per_image_gb"] = torch.cuda.max_memory_reserved(dev) / b / 1e9
+    row[f"{ms_key}_median"] = med(t)
+    row[f"{ms_key}_all"] = [round(v, 3) for v in t]
+    row[rate_key] = b / (med(t) / 1e3)
+    if dev.type == "cuda":
+        row[mem_key] = peak_per_image_gb(fn, dev, b)
     return row
 
 
