@@ -49,13 +49,12 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import (ConvBN, DropPath, LayerNorm2d, MBConv, Mlp, MultiLayerMLP, PromptEncoder,
-                      TwoWayTransformer)
+                      TwoWayTransformer, set_fast_norm)
 from ._base import SegmentationModel
 from ._hub import CheckpointError, load_state_dict_checked
 from ._pretrained import PretrainedWeightError, load_pretrained, sha256_of, weight_index
 from ._registry import register_model
 from .hrmedseg import HRMedSeg, HRMedSegConfig, LGViT, Neck
-from ..layers import set_fast_norm
 
 __all__ = [
     "TinyViT", "TinyViTBlock", "WindowAttention", "PatchMerging", "MaskDecoder",
