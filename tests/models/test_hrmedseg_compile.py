@@ -41,6 +41,15 @@ def test_compiled_equals_eager(amp):
         compiled(x)  # RoPE table cache before tracing (speed_gpu.py's note_rope_cache)
     out_e, g_e = _out_and_grads(eager, x, w, amp)
     out_c, g_c = _out_and_grads(torch.compile(compiled), x, w, amp)
-    # fp32: reassociation only; bf16: fusion keeps intermediates in float32 where eager rounds
-    tol = 1e-4 if not amp else 3e-2
-    assert _rel(out_c, out_e) < tol and _rel(g_c, g_e) < tol, (_rel(out_c, out_e), _rel(g_c, g_e))
+    if not amp:  # reassociation only (measured 7.5e-7 / 1.3e-6)
+        assert _rel(out_c, out_e) < 1e-4 and _rel(g_c, g_e) < 1e-4, (_rel(out_c, out_e),
+                                                                      _rel(g_c, g_e))
+        return
+    # bf16: fused kernels keep intermediates in float32 where eager rounds them, so compiled and
+    # eager differ by bf16 rounding. Yardstick: how far eager bf16 is from eager fp32 (measured
+    # here: compiled vs eager 1.9e-2 / 2.7e-2, outputs / gradients).
+    out_32, g_32 = _out_and_grads(copy.deepcopy(model), x, w, False)
+    assert _rel(out_c, out_e) < 2 * _rel(out_e, out_32) + 1e-3
+    assert _rel(g_c, g_e) < 2 * _rel(g_e, g_32) + 1e-3
+    # and the compiled bf16 path is no further from fp32 than twice eager bf16's distance
+    assert _rel(g_c, g_32) < 2 * _rel(g_e, g_32) + 1e-3
