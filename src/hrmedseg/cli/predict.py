@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..compiling import COMPILE_MODES
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="segment image files or folders, writing mask and overlay PNGs")
@@ -30,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "full resolution with Gaussian blending (large images, TIFFs read lazily)")
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (tile mode)")
     p.add_argument("--tile-batch", type=int, default=4, help="tiles per forward (tile mode)")
-    p.add_argument("--compile", choices=["default", "reduce-overhead", "max-autotune"],
+    p.add_argument("--compile", choices=COMPILE_MODES,
                    help="torch.compile the model (reduce-overhead: CUDA graphs, the fastest on "
                         "a GPU for many images of one size; the first batch compiles)")
     p.add_argument("--batch-size", type=int, default=4)

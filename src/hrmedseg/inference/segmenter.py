@@ -22,6 +22,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from ..compiling import COMPILE_MODES, uses_cudagraphs
+
 
 @dataclass
 class Prediction:
@@ -60,9 +62,6 @@ def _resolve_model(source: str | os.PathLike | nn.Module, device: torch.device
     raise FileNotFoundError(f"{source}: neither a model folder nor a registered model name")
 
 
-COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
-
-
 def _weight_preprocess(tag: str) -> dict[str, Any]:
     from ..models._pretrained import weight_index
     w = weight_index().get(tag)
@@ -98,8 +97,8 @@ class Segmenter:
                  compile: str | None = None) -> None:
         if mode not in ("resize", "tile"):
             raise ValueError(f"mode must be 'resize' or 'tile', got {mode!r}")
-        if compile not in COMPILE_MODES:
-            raise ValueError(f"compile must be one of {', '.join(map(str, COMPILE_MODES))}, "
+        if compile is not None and compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of None, {', '.join(COMPILE_MODES)}, "
                              f"got {compile!r}")
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
@@ -151,13 +150,14 @@ class Segmenter:
 
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.compile == "reduce-overhead":
+        graphs = uses_cudagraphs(self.compile)
+        if graphs:
             # CUDA graphs reuse their output buffer at the next replay: a new step per call,
             # and the logits copied out (clone) before the caller keeps them.
             torch.compiler.cudagraph_mark_step_begin()
         with self._autocast():
             out = self._forward(batch.to(self.device)).float()
-        return out.clone() if self.compile == "reduce-overhead" else out
+        return out.clone() if graphs else out
 
     def _to_original(self, logits: torch.Tensor, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         up = logits[None]

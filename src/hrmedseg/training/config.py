@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from ..compiling import COMPILE_MODES
+
 
 class ConfigError(ValueError):
     """A configuration file or override that cannot be used (message names the key)."""
@@ -236,9 +238,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         _merge(cfg, nested)
     validate(cfg)
     return cfg
-
-
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def validate(cfg: Config) -> None:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..compiling import uses_cudagraphs
 from ..evaluation.torch_metrics import logits_to_labels, per_image_dice_iou
 from ..provenance import source_commit
 from .metrics_log import append_csv_row
@@ -150,8 +151,7 @@ class Trainer:
                 gradient_as_bucket_view=True)
         if cfg.train.compile:
             self.net = torch.compile(self.net, mode=cfg.train.compile_mode)
-        self._cudagraphs = cfg.train.compile and cfg.train.compile_mode in ("reduce-overhead",
-                                                                           "max-autotune")
+        self._cudagraphs = cfg.train.compile and uses_cudagraphs(cfg.train.compile_mode)
         self.loss_fn = loss_fn
         self.opt = build_optimizer(cfg, self.model)
         self.amp = AMP[cfg.train.precision]
