@@ -31,7 +31,8 @@ from ._base import SegmentationModel
 from ._pretrained import load_pretrained
 from ._registry import register_model
 
-__all__ = ["HRMedSegConfig", "HRMedSeg", "LGViT", "Neck", "ECMDecoder", "default_stage_depths"]
+__all__ = ["HRMedSegConfig", "HRMedSeg", "LGViT", "Neck", "ECMDecoder", "apply_fast_paths",
+           "default_stage_depths"]
 
 
 def default_stage_depths(depth: int) -> tuple[int, int, int]:
@@ -282,6 +283,17 @@ class ECMDecoder(nn.Module):
         return masks
 
 
+def apply_fast_paths(module: nn.Module, cfg: HRMedSegConfig) -> None:
+    """Set the config's speed switches on every layer of ``module`` that has one (HRMedSeg, or
+    its encoder alone as a SAM image encoder)."""
+    set_fast_norm(module, cfg.fast_norm)
+    for m in module.modules():
+        if isinstance(m, DualGatedLinearAttention):
+            m.upcast = not cfg.fast_attention
+        elif isinstance(m, MultiscalePooling):
+            m.channels_first = cfg.pool_channels_first
+
+
 class HRMedSeg(SegmentationModel):
     """LGViT encoder + neck + ECM-Decoder. ``forward`` returns logits (B, num_classes, H, W)."""
 
@@ -304,12 +316,7 @@ class HRMedSeg(SegmentationModel):
                             ("pool_channels_first", pool_channels_first)):
             if value is not None:
                 setattr(cfg, name, bool(value))
-        set_fast_norm(self, cfg.fast_norm)
-        for m in self.modules():
-            if isinstance(m, DualGatedLinearAttention):
-                m.upcast = not cfg.fast_attention
-            elif isinstance(m, MultiscalePooling):
-                m.channels_first = cfg.pool_channels_first
+        apply_fast_paths(self, cfg)
         return self
 
     def set_grad_checkpointing(self, enable: bool = True) -> "HRMedSeg":

@@ -49,12 +49,12 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import (ConvBN, DropPath, LayerNorm2d, MBConv, Mlp, MultiLayerMLP, PromptEncoder,
-                      TwoWayTransformer, set_fast_norm)
+                      TwoWayTransformer)
 from ._base import SegmentationModel
 from ._hub import CheckpointError, load_state_dict_checked
 from ._pretrained import PretrainedWeightError, load_pretrained, sha256_of, weight_index
 from ._registry import register_model
-from .hrmedseg import HRMedSeg, HRMedSegConfig, LGViT, Neck
+from .hrmedseg import HRMedSeg, HRMedSegConfig, LGViT, Neck, apply_fast_paths
 
 __all__ = [
     "TinyViT", "TinyViTBlock", "WindowAttention", "PatchMerging", "MaskDecoder",
@@ -433,7 +433,7 @@ class HRMedSegImageEncoder(nn.Module):
         self.encoder = LGViT(cfg)
         self.neck = Neck(cfg.embed_dim, cfg.neck_dim)
         self.img_size = cfg.img_size[0]
-        set_fast_norm(self, cfg.fast_norm)  # as in HRMedSeg (fast_attention is LGViT's own)
+        apply_fast_paths(self, cfg)  # as in HRMedSeg
 
     @classmethod
     def from_model(cls, model: HRMedSeg) -> "HRMedSegImageEncoder":
