@@ -1364,12 +1364,18 @@ def parse_compile_runs(spec: str) -> list[tuple[str, str, str]]:
     return runs
 
 
+def _switch_spec(switches: str) -> tuple[dict[str, bool], bool]:
+    """A --compile-runs switches item (plain|all, optionally +ckpt) → (model switches,
+    gradient checkpointing)."""
+    return (dict(ALL_SWITCHES) if switches.startswith("all") else {}), switches.endswith("+ckpt")
+
+
 def _compiled_train(cfg: dict[str, Any], dev: torch.device, switches: str, mode: str,
                     amp: torch.dtype | None = torch.bfloat16) -> dict[str, Any]:
     s, b = cfg["size"], cfg["batch"]
-    kw = dict(ALL_SWITCHES) if switches.startswith("all") else {}
+    kw, ckpt = _switch_spec(switches)
     model = build_model(s, cfg["seed"], **kw).to(dev).train()
-    model.set_grad_checkpointing(switches.endswith("+ckpt"))
+    model.set_grad_checkpointing(ckpt)
     cmodel = torch.compile(model, mode=mode)
     loss_fn, _ = make_loss()
     x = torch.randn(b, 3, s, s).to(dev)
@@ -1379,7 +1385,7 @@ def _compiled_train(cfg: dict[str, Any], dev: torch.device, switches: str, mode:
     with torch.no_grad(), autocast(dev, amp):
         model(x)  # RoPE table cache (see note_rope_cache)
     row: dict[str, Any] = {"batch": b, "switches": kw, "mode": mode,
-                           "grad_checkpointing": switches.endswith("+ckpt"),
+                           "grad_checkpointing": ckpt,
                            "dtype": "bf16 autocast" if amp else "fp32"}
     return _measure_compiled(step, dev, cfg, row, "train")
 
@@ -1387,7 +1393,7 @@ def _compiled_train(cfg: dict[str, Any], dev: torch.device, switches: str, mode:
 def _compiled_infer(cfg: dict[str, Any], dev: torch.device, switches: str, mode: str,
                     amp: torch.dtype | None = torch.bfloat16) -> dict[str, Any]:
     s, b = cfg["size"], cfg["infer_batch"]
-    kw = dict(ALL_SWITCHES) if switches.startswith("all") else {}
+    kw, _ = _switch_spec(switches)
     model = build_model(s, cfg["seed"], **kw).to(dev).eval()
     x = torch.randn(b, 3, s, s).to(dev)
     with torch.no_grad(), autocast(dev, amp):
@@ -1443,8 +1449,7 @@ def _compiled_bf16_parity(cfg: dict[str, Any], dev: torch.device, switches: str,
     """The compiled bf16 model (with these switches and mode) against the same model eager in
     bf16 (what compiling changes) and against the plain eager fp32 reference (what the whole
     fast path changes), by the parity part's method."""
-    fast = dict(ALL_SWITCHES) if switches.startswith("all") else {}
-    ckpt = switches.endswith("+ckpt")
+    fast, ckpt = _switch_spec(switches)
     with strict_fp32():
         base, x, w, tgt = parity_base(cfg, dev)
         with torch.no_grad():
