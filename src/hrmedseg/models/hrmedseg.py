@@ -128,7 +128,8 @@ class PatchEmbed(nn.Module):
 
 class LGViT(nn.Module):
     """Lightweight gated ViT: patch embedding, channel-interactive MBConvs, token-interactive
-    DGLA blocks. Single scale: every block runs on the H/16 × W/16 grid at width C."""
+    DGLA blocks. Single scale: every block runs on the H/16 × W/16 grid at width C. Its owner
+    sets the config's speed switches on it (:func:`apply_fast_paths`)."""
 
     def __init__(self, cfg: HRMedSegConfig) -> None:
         super().__init__()
@@ -141,7 +142,7 @@ class LGViT(nn.Module):
         self.blocks = nn.ModuleList(
             DGLABlock(c, heads[i], cfg.mlp_ratio, cfg.value_reduction,
                       drop_path=dpr[cfg.num_mbconv + i], use_exter_gate=cfg.use_exter_gate,
-                      rope_base=cfg.rope_base, attn_upcast=not cfg.fast_attention)
+                      rope_base=cfg.rope_base)
             for i in range(cfg.depth))
         self.grad_checkpointing = False
 
