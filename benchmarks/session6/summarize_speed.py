@@ -20,6 +20,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 DEFAULT = HERE.parent / "results" / "speed_h200_s6"
 TARGETS = {"train": 350.0, "infer": 1500.0, "mem": 0.20}
+# speed_gpu.py's JSON of device calls 1, 2, 3
+CALL_FILES = ("speed_gpu_parity_beside_lane1.json", "speed_gpu.json",
+              "speed_gpu_compile_ckpt_cudagraphs.json")
 
 
 def _load(d: Path, name: str) -> dict:
@@ -31,17 +34,14 @@ def _f(v, fmt: str) -> str:
 
 
 def summary(d: Path) -> str:
-    c1 = _load(d, "speed_gpu_parity_beside_lane1.json")
-    c2 = _load(d, "speed_gpu.json")
-    c3 = _load(d, "speed_gpu_compile_ckpt_cudagraphs.json")
+    c1, c2, c3 = (_load(d, name) for name in CALL_FILES)
     L: list[str] = ["# HRMedSeg speed on an H200, session 6", ""]
     L.append(f"Written by `benchmarks/session6/summarize_speed.py` from the JSON files here. "
              f"{c2['device']['name']}, torch {c2['torch']}, 1024×1024, batch 16.")
     L.append("")
     L.append("| file | call | commit | date (UTC) |")
     L.append("|---|---|---|---|")
-    for name, call, r in (("speed_gpu_parity_beside_lane1.json", 1, c1), ("speed_gpu.json", 2, c2),
-                          ("speed_gpu_compile_ckpt_cudagraphs.json", 3, c3)):
+    for call, (name, r) in enumerate(zip(CALL_FILES, (c1, c2, c3)), start=1):
         L.append(f"| `{name}` | {call} | {r['commit']} | {r['date_utc']} |")
     L.append("")
     L.append("Call 1 ran beside a second lane on the other GPU (data loading, inductor compile "
