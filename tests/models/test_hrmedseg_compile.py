@@ -4,33 +4,21 @@ under bf16 autocast with the speed switches (their autocast checks must survive 
 Slow: inductor compiles forward and backward for a few minutes on two cores. The measurement is
 benchmarks/compile_parity_cpu.py (numbers: benchmarks/results/compile_parity_cpu.json); the GPU
 runs of benchmarks/speed_gpu.py check the same at 1024² (results/speed_h200_s6/)."""
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "compile_parity_cpu.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("compile_parity_cpu", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_compiled_equals_eager_fp32():
-    r = _script().measure(amp=False)
+def test_compiled_equals_eager_fp32(load_benchmark):
+    r = load_benchmark("compile_parity_cpu").measure(amp=False)
     # reassociation only
     assert r["compiled_vs_eager_out"] < 1e-4 and r["compiled_vs_eager_grad"] < 1e-4, r
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_compiled_equals_eager_bf16():
-    r = _script().measure(amp=True)
+def test_compiled_equals_eager_bf16(load_benchmark):
+    r = load_benchmark("compile_parity_cpu").measure(amp=True)
     # fused kernels keep intermediates in float32 where eager rounds them, so compiled and
     # eager differ by bf16 rounding. Yardstick: how far eager bf16 is from eager fp32.
     assert r["compiled_vs_eager_out"] < 2 * r["eager_vs_fp32_out"] + 1e-3, r

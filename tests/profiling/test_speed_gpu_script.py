@@ -92,20 +92,12 @@ def test_speed_gpu_quick_writes_json(tmp_path):
     assert tiled["wall_s"] > 0
 
 
-def _load_script():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("speed_gpu", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.mark.slow
-def test_kernel_table_parses_device_events_without_a_gpu(tmp_path):
+def test_kernel_table_parses_device_events_without_a_gpu(tmp_path, load_benchmark):
     """The CUDA branch of the kernel table, fed fake profiler events (no GPU needed)."""
     import torch
 
-    sg = _load_script()
+    sg = load_benchmark("speed_gpu")
     cuda = torch.autograd.DeviceType.CUDA
 
     class Ev:
@@ -147,12 +139,12 @@ def test_kernel_table_parses_device_events_without_a_gpu(tmp_path):
     assert abs(kt["gpu_busy_fraction_of_step"] - 0.5) < 1e-9
 
 
-def test_op_bandwidth_table_joins_profiler_times_and_op_bytes():
+def test_op_bandwidth_table_joins_profiler_times_and_op_bytes(load_benchmark):
     """Per-op achieved bandwidth: profiler self device time per step joined with the bytes
     each op moves (fake profiler averages, no GPU needed)."""
     import torch
 
-    sg = _load_script()
+    sg = load_benchmark("speed_gpu")
 
     class Avg:
         def __init__(self, key, dev_us, cpu_us=0.0):
@@ -176,10 +168,10 @@ def test_op_bandwidth_table_joins_profiler_times_and_op_bytes():
     assert t["ops_timed_ms"] == 1.5 and t["ops_with_bytes_ms"] == 1.5
 
 
-def test_compile_runs_parse_and_child_writes_each_run(tmp_path, monkeypatch):
+def test_compile_runs_parse_and_child_writes_each_run(tmp_path, monkeypatch, load_benchmark):
     """The compile child's bookkeeping, with torch.compile stubbed out (inductor takes minutes
     on the CPU; the GPU run compiles for real)."""
-    mod = _load_script()
+    mod = load_benchmark("speed_gpu")
     assert mod.parse_compile_runs("train:all:default, infer:plain:reduce-overhead,parity") == [
         ("train", "all", "default"), ("infer", "plain", "reduce-overhead"),
         ("parity", "plain", "default")]
