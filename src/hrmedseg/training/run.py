@@ -47,8 +47,9 @@ def build_model(cfg: Config):
     pre = m.pretrained.strip()
     if pre.lower() in ("true", "false", "none", "default"):   # YAML may give True/False
         pre = pre.lower()
-    kwargs: dict[str, Any] = dict(num_classes=m.num_classes, in_chans=m.in_chans,
-                                  img_size=tuple(cfg.data.size), **m.overrides)
+    # model.overrides win over what the model/data sections imply (a recipe may pin img_size)
+    kwargs: dict[str, Any] = {"num_classes": m.num_classes, "in_chans": m.in_chans,
+                              "img_size": tuple(cfg.data.size), **m.overrides}
     if pre and pre not in ("none", "default", "true", "false") and Path(pre).is_dir():
         from ..models._hub import read_config
         if (read_config(pre).get("metadata") or {}).get("distilled"):
