@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import hrmedseg
-from hrmedseg.models.hrmedseg import default_stage_depths
+from hrmedseg.models.hrmedseg import default_stage_depths, spread_evenly
 
 # Exact parameter counts (3 input channels). hrmedseg = the authors' released layout, which the
 # paper's totals describe (3,526,364); hrmedseg_lean = the paper's equations alone.
@@ -119,6 +119,78 @@ def test_checkpointing_gives_same_gradients():
     assert g0.keys() == g1.keys()
     for k in g0:
         assert torch.allclose(g0[k], g1[k], atol=1e-6, rtol=1e-5), k
+
+
+@pytest.mark.parametrize("n,k,marked", [
+    (12, 6, (1, 3, 5, 7, 9, 11)),
+    (12, 12, tuple(range(12))),
+    (12, 0, ()),
+    (12, 3, (3, 7, 11)),
+    (10, 1, (9,)),
+    (4, 3, (1, 2, 3)),
+])
+def test_spread_evenly(n, k, marked):
+    flags = spread_evenly(n, k)
+    assert len(flags) == n and tuple(i for i, f in enumerate(flags) if f) == marked
+
+
+def test_spread_evenly_refuses_more_than_there_is():
+    with pytest.raises(ValueError, match="5 of 4"):
+        spread_evenly(4, 5)
+
+
+def _saved_bytes_and_grads(m, x, **ckpt):
+    """Bytes autograd keeps for backward outside checkpointed regions (checkpointing's own
+    hooks take those inside), and the gradients."""
+    m.zero_grad(set_to_none=True)
+    m.set_grad_checkpointing(**ckpt)
+    seen, total = set(), 0
+
+    def pack(t):
+        nonlocal total
+        st = t.untyped_storage()
+        if st.data_ptr() not in seen:
+            seen.add(st.data_ptr())
+            total += st.nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = m(x).sum()
+    loss.backward()
+    return total, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+
+def test_partial_checkpointing_same_gradients_memory_in_between():
+    m = hrmedseg.create_model("hrmedseg", drop_path_rate=0.0, **{**TINY, "depth": 4}).train()
+    x = torch.randn(2, 3, 64, 64)
+    none, g0 = _saved_bytes_and_grads(m, x, enable=False)
+    half, g1 = _saved_bytes_and_grads(m, x, enable=True, fraction=0.5)
+    assert m.encoder.checkpointed == (False, True, False, True, False, True)  # 2 MBConv + 4 DGLA
+    assert m.grad_checkpointing_fraction == 0.5
+    full, g2 = _saved_bytes_and_grads(m, x, enable=True)
+    assert all(m.encoder.checkpointed)
+    assert full < half < none
+    for g in (g1, g2):
+        assert g.keys() == g0.keys()
+        for k in g0:
+            assert torch.allclose(g0[k], g[k], atol=1e-6, rtol=1e-5), k
+    m.set_grad_checkpointing(False)
+    assert not m.encoder.grad_checkpointing and m.grad_checkpointing_fraction == 0.0
+
+
+@pytest.mark.parametrize("fraction,match", [(0.0, r"in \(0, 1\], got 0"),
+                                            (1.5, r"in \(0, 1\], got 1.5"),
+                                            ("half", "must be a number")])
+def test_checkpointing_fraction_out_of_range_is_clear(fraction, match):
+    m = hrmedseg.create_model("hrmedseg", **TINY)
+    with pytest.raises(ValueError, match=match):
+        m.set_grad_checkpointing(True, fraction=fraction)
+
+
+def test_partial_checkpointing_only_where_supported():
+    q = hrmedseg.create_model("qtseg", img_size=64)
+    with pytest.raises(ValueError, match="qtseg recomputes all of its blocks or none"):
+        q.set_grad_checkpointing(True, fraction=0.5)
+    assert q.set_grad_checkpointing(True, fraction=1.0) is q
 
 
 def test_stage_depth_split():

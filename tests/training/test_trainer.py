@@ -168,3 +168,38 @@ def test_compile_mode_reaches_torch_compile_and_bad_modes_are_config_errors(tmp_
     assert len(marks) == 2
     with pytest.raises(ConfigError, match="train.compile_mode"):
         load_config(None, ["train.compile_mode=fastest"])
+
+
+@pytest.mark.parametrize("fraction,pattern", [("1.0", (True,) * 4), ("0.5", (False, True) * 2)])
+def test_checkpointing_fraction_flows_from_the_config(tmp_path, fraction, pattern):
+    """model.grad_checkpointing_fraction reaches the encoder (2 MBConvs + 2 DGLA blocks)."""
+    from hrmedseg.training.config import load_config
+    from hrmedseg.training.losses import build_loss
+    from hrmedseg.training.run import build_model
+    from hrmedseg.training.trainer import Trainer
+
+    from _trainutils import TINY_OVERRIDES
+
+    cfg = load_config("paper", ["data.size=32", "train.precision=fp32", "train.device=cpu",
+                                "data.workers=0", "train.batch_size=2",
+                                f"train.out_dir={tmp_path / 'run'}", "model.grad_checkpointing=true",
+                                f"model.grad_checkpointing_fraction={fraction}", TINY_OVERRIDES])
+    trainer = Trainer(cfg, build_model(cfg), build_loss("dice_ce", 1), _SlowStartDataset())
+    try:
+        assert trainer.model.encoder.checkpointed == pattern
+    finally:
+        trainer.close()
+
+
+def test_checkpointing_fraction_on_a_model_without_it_is_a_config_error(tmp_path):
+    from hrmedseg.training.config import ConfigError, load_config
+    from hrmedseg.training.losses import build_loss
+    from hrmedseg.training.run import build_model
+    from hrmedseg.training.trainer import Trainer
+
+    cfg = load_config("qtseg", ["data.size=32", "train.precision=fp32", "train.device=cpu",
+                                "data.workers=0", "train.batch_size=2",
+                                f"train.out_dir={tmp_path / 'run'}", "model.pretrained=none", "model.grad_checkpointing=true",
+                                "model.grad_checkpointing_fraction=0.5"])
+    with pytest.raises(ConfigError, match="grad_checkpointing_fraction: qtseg recomputes all"):
+        Trainer(cfg, build_model(cfg), build_loss("dice_ce", 1), _SlowStartDataset())

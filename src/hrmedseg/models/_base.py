@@ -35,6 +35,24 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
 
 
+def check_checkpoint_fraction(model_name: str, fraction: float, partial_ok: bool) -> float:
+    """``fraction`` as a float in (0, 1]; a clear error for other values, and for a fraction
+    below 1 on a model that recomputes all of its blocks or none."""
+    try:
+        value = float(fraction)
+    except (TypeError, ValueError):
+        raise ValueError(f"{model_name}: gradient checkpointing fraction must be a number in "
+                         f"(0, 1], got {fraction!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"{model_name}: gradient checkpointing fraction must be in (0, 1], "
+                         f"got {value:g}")
+    if value < 1.0 and not partial_ok:
+        raise ValueError(f"{model_name} recomputes all of its blocks or none: gradient "
+                         f"checkpointing fraction {value:g} is not supported (HRMedSeg, HER-Seg "
+                         "and the HRMedSeg-encoder SAM take a fraction)")
+    return value
+
+
 class SegmentationModel(nn.Module):
     """Base class: subclasses set ``config`` (a dataclass) and ``model_name``.
 
@@ -43,11 +61,15 @@ class SegmentationModel(nn.Module):
     """
 
     size_multiple: ClassVar[int] = 1
+    # Models whose encoder can recompute only some of its blocks (set_grad_checkpointing's
+    # ``fraction``); the others recompute all of their heavy blocks or none.
+    supports_partial_checkpointing: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()
         self.model_name: str = type(self).__name__.lower()
         self.grad_checkpointing = False
+        self.grad_checkpointing_fraction = 0.0
 
     # -- outputs ---------------------------------------------------------------------------
     @property
@@ -78,9 +100,17 @@ class SegmentationModel(nn.Module):
         check_input_size(self.model_name, x.shape[-2], x.shape[-1], self.size_multiple)
 
     # -- memory/speed switches -------------------------------------------------------------
-    def set_grad_checkpointing(self, enable: bool = True) -> "SegmentationModel":
-        """Recompute activations of the heavy blocks in backward instead of storing them."""
+    def set_grad_checkpointing(self, enable: bool = True, *, fraction: float = 1.0
+                               ) -> "SegmentationModel":
+        """Recompute activations of the heavy blocks in backward instead of storing them.
+
+        ``fraction`` (0, 1] recomputes only that share of the encoder's blocks, spread evenly
+        (models with ``supports_partial_checkpointing``): memory and extra compute in between.
+        """
+        fraction = check_checkpoint_fraction(self.model_name, fraction,
+                                             self.supports_partial_checkpointing)
         self.grad_checkpointing = bool(enable)
+        self.grad_checkpointing_fraction = fraction if enable else 0.0
         return self
 
     def parameter_groups(self) -> dict[str, nn.Module]:

@@ -54,7 +54,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import first_line
-from ._base import InputSizeError, SegmentationModel
+from ._base import InputSizeError, SegmentationModel, check_checkpoint_fraction
 from ._pretrained import load_pretrained
 from ._registry import register_model
 
@@ -313,13 +313,15 @@ class LibraryModel(SegmentationModel):
             out = out[-1] if self.config.library == "monai" else out[0]
         return out
 
-    def set_grad_checkpointing(self, enable: bool = True) -> "LibraryModel":
+    def set_grad_checkpointing(self, enable: bool = True, *, fraction: float = 1.0
+                               ) -> "LibraryModel":
         """Recompute the library's blocks (conv blocks, transformer blocks) in backward.
 
         Done by binding a checkpointing ``forward`` onto each block instance, so parameter
         names and saved files do not change. BatchNorm running statistics see the recomputed
         forward too (as in torchvision's memory-efficient DenseNet).
         """
+        check_checkpoint_fraction(self.model_name, fraction, self.supports_partial_checkpointing)
         blocks = _outermost(self.net, self._spec.checkpoint_blocks)
         if not blocks:
             raise NotImplementedError(
@@ -330,7 +332,7 @@ class LibraryModel(SegmentationModel):
                 block.forward = types.MethodType(_checkpointed_forward, block)
             else:
                 block.__dict__.pop("forward", None)
-        return super().set_grad_checkpointing(enable)
+        return super().set_grad_checkpointing(enable, fraction=fraction)
 
     def parameter_groups(self) -> dict[str, nn.Module]:
         if not self._spec.groups:

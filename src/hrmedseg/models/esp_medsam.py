@@ -450,8 +450,9 @@ class ESPMedSAM(SegmentationModel):
     def unused_parameter_names(self) -> list[str]:
         return [f"image_encoder.{n}" for n in self.image_encoder.unused_parameter_names()]
 
-    def set_grad_checkpointing(self, enable: bool = True) -> "ESPMedSAM":
-        super().set_grad_checkpointing(enable)
+    def set_grad_checkpointing(self, enable: bool = True, *, fraction: float = 1.0
+                               ) -> "ESPMedSAM":
+        super().set_grad_checkpointing(enable, fraction=fraction)
         self.image_encoder.set_grad_checkpointing(enable)
         return self
 

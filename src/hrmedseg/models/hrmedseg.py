@@ -32,7 +32,7 @@ from ._pretrained import load_pretrained
 from ._registry import register_model
 
 __all__ = ["HRMedSegConfig", "HRMedSeg", "LGViT", "Neck", "ECMDecoder", "apply_fast_paths",
-           "default_stage_depths"]
+           "default_stage_depths", "spread_evenly"]
 
 
 def default_stage_depths(depth: int) -> tuple[int, int, int]:
@@ -126,6 +126,14 @@ class PatchEmbed(nn.Module):
         return self.proj(x)
 
 
+def spread_evenly(n: int, k: int) -> tuple[bool, ...]:
+    """``k`` of ``n`` slots marked, as evenly spaced as integers allow (k = n/2: every other
+    slot, starting with the second)."""
+    if not 0 <= k <= n:
+        raise ValueError(f"cannot mark {k} of {n} slots")
+    return tuple((i + 1) * k // n > i * k // n for i in range(n))
+
+
 class LGViT(nn.Module):
     """Lightweight gated ViT: patch embedding, channel-interactive MBConvs, token-interactive
     DGLA blocks. Single scale: every block runs on the H/16 × W/16 grid at width C. Its owner
@@ -144,21 +152,40 @@ class LGViT(nn.Module):
                       drop_path=dpr[cfg.num_mbconv + i], use_exter_gate=cfg.use_exter_gate,
                       rope_base=cfg.rope_base)
             for i in range(cfg.depth))
-        self.grad_checkpointing = False
+        # Per layer (MBConvs, then DGLA blocks): recompute it in backward.
+        self.checkpointed: tuple[bool, ...] = (False,) * self.num_layers
 
-    def _run(self, fn: nn.Module, *args: Any) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
+    @property
+    def num_layers(self) -> int:
+        return len(self.conv_layers) + len(self.blocks)
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        return any(self.checkpointed)
+
+    def set_grad_checkpointing(self, enable: bool = True, fraction: float = 1.0) -> "LGViT":
+        """Recompute ``fraction`` of the layers in backward, spread evenly over the encoder
+        (:func:`spread_evenly`); every layer runs at H/16 with the same width, so each one
+        recomputed saves about the same memory and costs about the same time."""
+        n = self.num_layers
+        k = max(1, round(fraction * n)) if enable and fraction > 0 else 0
+        self.checkpointed = spread_evenly(n, k)
+        return self
+
+    def _run(self, i: int, fn: nn.Module, *args: Any) -> torch.Tensor:
+        if self.checkpointed[i] and torch.is_grad_enabled():
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)
-        for layer in self.conv_layers:
-            x = self._run(layer, x)
+        for i, layer in enumerate(self.conv_layers):
+            x = self._run(i, layer, x)
         b, c, h, w = x.shape
         t = x.flatten(2).transpose(1, 2)
-        for blk in self.blocks:
-            t = self._run(blk, t, h, w)
+        first = len(self.conv_layers)
+        for i, blk in enumerate(self.blocks):
+            t = self._run(first + i, blk, t, h, w)
         return t.transpose(1, 2).reshape(b, c, h, w)
 
 
@@ -298,6 +325,8 @@ def apply_fast_paths(module: nn.Module, cfg: HRMedSegConfig) -> None:
 class HRMedSeg(SegmentationModel):
     """LGViT encoder + neck + ECM-Decoder. ``forward`` returns logits (B, num_classes, H, W)."""
 
+    supports_partial_checkpointing = True
+
     def __init__(self, cfg: HRMedSegConfig, model_name: str = "hrmedseg") -> None:
         super().__init__()
         self.config = cfg
@@ -320,9 +349,12 @@ class HRMedSeg(SegmentationModel):
         apply_fast_paths(self, cfg)
         return self
 
-    def set_grad_checkpointing(self, enable: bool = True) -> "HRMedSeg":
-        super().set_grad_checkpointing(enable)
-        self.encoder.grad_checkpointing = bool(enable)
+    def set_grad_checkpointing(self, enable: bool = True, *, fraction: float = 1.0
+                               ) -> "HRMedSeg":
+        """Recompute the encoder's layers in backward (all, or ``fraction`` of them spread
+        evenly); the neck and decoder keep their activations."""
+        super().set_grad_checkpointing(enable, fraction=fraction)
+        self.encoder.set_grad_checkpointing(enable, fraction)
         return self
 
     def parameter_groups(self) -> dict[str, nn.Module]:

@@ -412,8 +412,8 @@ class QTSeg(SegmentationModel):
                           cfg.mlfd_down_kernel) if cfg.use_mlfd else nn.Identity())
         self.decoder = QTSegDecoder(cfg)
 
-    def set_grad_checkpointing(self, enable: bool = True) -> "QTSeg":
-        super().set_grad_checkpointing(enable)
+    def set_grad_checkpointing(self, enable: bool = True, *, fraction: float = 1.0) -> "QTSeg":
+        super().set_grad_checkpointing(enable, fraction=fraction)
         self.encoder.grad_checkpointing = bool(enable)
         self.decoder.set_grad_checkpointing(enable)
         return self

@@ -445,8 +445,9 @@ class HRMedSegImageEncoder(nn.Module):
         obj.img_size = model.config.img_size[0]
         return obj
 
-    def set_grad_checkpointing(self, enable: bool = True) -> "HRMedSegImageEncoder":
-        self.encoder.grad_checkpointing = bool(enable)
+    def set_grad_checkpointing(self, enable: bool = True, fraction: float = 1.0
+                               ) -> "HRMedSegImageEncoder":
+        self.encoder.set_grad_checkpointing(enable, fraction)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -584,11 +585,16 @@ class SamModel(SegmentationModel):
         fn = getattr(self.image_encoder, "unused_parameter_names", None)
         return [f"image_encoder.{n}" for n in fn()] if fn else []
 
-    def set_grad_checkpointing(self, enable: bool = True) -> "SamModel":
-        super().set_grad_checkpointing(enable)
+    @property
+    def supports_partial_checkpointing(self) -> bool:  # type: ignore[override]
+        return isinstance(self.image_encoder, HRMedSegImageEncoder)
+
+    def set_grad_checkpointing(self, enable: bool = True, *, fraction: float = 1.0
+                               ) -> "SamModel":
+        super().set_grad_checkpointing(enable, fraction=fraction)
         fn = getattr(self.image_encoder, "set_grad_checkpointing", None)
         if fn is not None:
-            fn(enable)
+            fn(enable, fraction) if fraction < 1.0 else fn(enable)
         return self
 
     # -- pre/post-processing (segment-anything's Sam.preprocess / postprocess_masks) ----------

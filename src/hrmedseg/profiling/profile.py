@@ -39,6 +39,7 @@ class ProfileResult:
     train_images_per_s: float | None = None
     infer_images_per_s: float | None = None
     grad_checkpointing: bool = False
+    checkpoint_fraction: float = 1.0
     channels_last: bool = False
     notes: list[str] = field(default_factory=list)
     env: dict[str, Any] = field(default_factory=dict)
@@ -108,9 +109,12 @@ def _time(fn, device: torch.device, warmup: int, iters: int) -> float:
 def profile_model(model_name: str, size: int | tuple[int, int] = 1024, batch: int = 16,
                   device: str = "cpu", dtype: str = "fp32", warmup: int = 3, iters: int = 10,
                   macs: bool = True, memory: bool = True, speed: bool = True,
-                  grad_checkpointing: bool = False, channels_last: bool = False,
-                  model: nn.Module | None = None, **model_kwargs: Any) -> ProfileResult:
-    """Measure one model. ``dtype`` is the autocast precision of the step ("fp32" = none)."""
+                  grad_checkpointing: bool = False, checkpoint_fraction: float = 1.0,
+                  channels_last: bool = False, model: nn.Module | None = None,
+                  **model_kwargs: Any) -> ProfileResult:
+    """Measure one model. ``dtype`` is the autocast precision of the step ("fp32" = none);
+    ``checkpoint_fraction`` < 1 recomputes that share of the encoder's blocks (HRMedSeg
+    family) when ``grad_checkpointing`` is on."""
     from ..models._registry import create_model
 
     if isinstance(size, int):
@@ -129,7 +133,9 @@ def profile_model(model_name: str, size: int | tuple[int, int] = 1024, batch: in
         model=model_name, size=tuple(size), batch=batch, device=str(dev), dtype=dtype,
         params_total=sum(p.numel() for p in model.parameters()),
         params_by_part={k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()},
-        grad_checkpointing=grad_checkpointing, channels_last=channels_last,
+        grad_checkpointing=grad_checkpointing,
+        checkpoint_fraction=checkpoint_fraction if grad_checkpointing else 0.0,
+        channels_last=channels_last,
         env=environment(dev))
     if macs:
         x1 = torch.randn(1, in_chans, *size)
@@ -143,7 +149,10 @@ def profile_model(model_name: str, size: int | tuple[int, int] = 1024, batch: in
 
     model = model.to(dev)
     if hasattr(model, "set_grad_checkpointing"):
-        model.set_grad_checkpointing(grad_checkpointing)
+        if grad_checkpointing and checkpoint_fraction != 1.0:
+            model.set_grad_checkpointing(True, fraction=checkpoint_fraction)
+        else:
+            model.set_grad_checkpointing(grad_checkpointing)
     mf = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=mf)
     x = torch.randn(batch, in_chans, *size, device=dev).to(memory_format=mf)

@@ -36,6 +36,9 @@ class ModelConfig:
     in_chans: int = 3
     pretrained: str = "default"       # "none", "default" (shipped weight) or a weight tag / folder
     grad_checkpointing: bool = False
+    # With grad_checkpointing: the share (0, 1] of the encoder's blocks recomputed in backward,
+    # spread evenly (HRMedSeg-family models); between the memory of all and the speed of none.
+    grad_checkpointing_fraction: float = 1.0
     overrides: dict[str, Any] = field(default_factory=dict)   # model config fields
 
 

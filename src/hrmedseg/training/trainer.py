@@ -25,7 +25,7 @@ from ..evaluation.torch_metrics import logits_to_labels, per_image_dice_iou
 from ..provenance import source_commit
 from .metrics_log import append_csv_row
 from .checkpoint import find_checkpoint, load_state, save_checkpoint
-from .config import Config, save_config
+from .config import Config, ConfigError, save_config
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from .sampler import EpochBatchSampler, SeededDataset
 
@@ -132,7 +132,11 @@ class Trainer:
             if name in unused:
                 p.requires_grad_(False)
         if cfg.model.grad_checkpointing and hasattr(self.model, "set_grad_checkpointing"):
-            self.model.set_grad_checkpointing(True)
+            frac = cfg.model.grad_checkpointing_fraction
+            try:
+                self.model.set_grad_checkpointing(True, **({"fraction": frac} if frac != 1.0 else {}))
+            except ValueError as exc:
+                raise ConfigError(f"model.grad_checkpointing_fraction: {exc}") from None
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.net: nn.Module = self.model
