@@ -79,6 +79,16 @@ TARGETS = {"train_images_per_s_min": 350.0, "infer_images_per_s_min": 1500.0,
            "peak_train_mem_per_image_gb_max": 0.20}
 TOL_FP32 = 1e-4
 TOL_BF16 = 2e-2
+# bf16 fast paths are judged against the plain path's own bf16 error, measured in the same run
+# on the same inputs (the "yardstick": plain model, eager, bf16 autocast vs the fp32 reference):
+# a fast path passes if its output and gradient errors vs fp32 are at most BF16_MULTIPLIER times
+# the yardstick's. This is the rule of PyTorch's own compile accuracy checks
+# (torch._dynamo.utils.same with an fp64 reference: error <= 3 x eager's error in bf16/fp16,
+# 2 x in fp32), with the stricter factor. Why relative: the plain path itself is 2.7e-2 from
+# fp32 on gradients (session 6, H200), so a fixed 2e-2 fails the reference and tells fast paths
+# apart from nothing; the yardstick's own gradients are reported, its outputs held to TOL_BF16.
+BF16_MULTIPLIER = 2.0
+YARDSTICK = "bf16_autocast_vs_fp32"
 # HRMedSegConfig's speed switches (HRMedSeg.set_fast_paths). build_model() turns them off: the
 # plain path is this script's reference and "default" row (they became HRMedSeg's defaults
 # after session 6 measured them here; before, both meant the same model).
@@ -404,8 +414,17 @@ def parity_base(cfg: dict[str, Any], dev: torch.device
     return model, x, w, target
 
 
+def set_checkpointing(model: nn.Module, fraction: float) -> None:
+    """Gradient checkpointing of ``fraction`` of the encoder's layers (0 = off, 1 = all)."""
+    if fraction > 0:
+        model.set_grad_checkpointing(True, fraction=fraction)
+    else:
+        model.set_grad_checkpointing(False)
+
+
 def run_variant(base: nn.Module, x: torch.Tensor, w: torch.Tensor, target: torch.Tensor, *,
-                amp: torch.dtype | None = None, channels_last: bool = False, ckpt: bool = False,
+                amp: torch.dtype | None = None, channels_last: bool = False,
+                ckpt: bool | float = False,
                 compiled: bool = False, sdpa_math: bool = False,
                 fast_paths: dict[str, bool] | None = None, compile_mode: str = "default"
                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -414,7 +433,7 @@ def run_variant(base: nn.Module, x: torch.Tensor, w: torch.Tensor, target: torch
     diagnostics: the neck's embedding, the encoder/neck/decoder parts of those gradients, and
     the gradients under the training loss (Dice + BCE against ``target``, a second pass)."""
     model = copy.deepcopy(base)
-    model.set_grad_checkpointing(ckpt)
+    set_checkpointing(model, float(ckpt))
     if fast_paths:
         model.set_fast_paths(**fast_paths)
     inp = x
@@ -485,12 +504,27 @@ def _cos_dist(a: torch.Tensor, b: torch.Tensor) -> float:
     return 0.0 if den == 0.0 else 1.0 - float((a64 @ b64) / den)
 
 
-def _check(name: str, a: tuple, b: tuple, tol: float, note: str = "", t0: float | None = None
+def _check(name: str, a: tuple, b: tuple, tol: float, note: str = "", t0: float | None = None,
+           yardstick: dict[str, Any] | None = None, is_yardstick: bool = False
            ) -> dict[str, Any]:
+    """rel(a, b) of outputs and gradients against ``tol``; with ``yardstick`` (a bf16 row of
+    the plain path vs fp32) against BF16_MULTIPLIER times its errors instead (``tol`` is then
+    reported as ``within_fixed_tol``); ``is_yardstick``: this row is that reference, held to
+    ``tol`` on outputs only."""
     out_rel, grad_rel = rel(a[0], b[0]), rel(a[1], b[1])
     row: dict[str, Any] = {"out_rel": out_rel, "grad_rel": grad_rel, "tol": tol,
                            "pass": bool(out_rel <= tol and grad_rel <= tol),
                            "grad_one_minus_cos": _cos_dist(a[1], b[1])}
+    if yardstick is not None:
+        bound_out = BF16_MULTIPLIER * yardstick["out_rel"]
+        bound_grad = BF16_MULTIPLIER * yardstick["grad_rel"]
+        row.update(criterion=f"<= {BF16_MULTIPLIER:g} x the plain bf16 path's error",
+                   bound_out=bound_out, bound_grad=bound_grad, within_fixed_tol=row["pass"],
+                   **{"pass": bool(out_rel <= bound_out and grad_rel <= bound_grad)})
+    elif is_yardstick:
+        row.update(criterion="yardstick: outputs <= tol; gradients reported, they set the "
+                             "bound for the bf16 fast paths",
+                   within_fixed_tol=row["pass"], **{"pass": bool(out_rel <= tol)})
     if len(a) > 2 and len(b) > 2:  # where the difference arises
         row["diagnostics_rel"] = {k: rel(a[2][k], b[2][k]) for k in b[2]
                                   if k in a[2] and not k.startswith("_")}
@@ -501,7 +535,9 @@ def _check(name: str, a: tuple, b: tuple, tol: float, note: str = "", t0: float 
         row["note"] = note
     if t0 is not None:
         row["seconds"] = round(time.time() - t0, 2)
-    log(f"parity {name}: out {out_rel:.2e} grad {grad_rel:.2e} tol {tol:g} "
+    bound = (f"bound {row['bound_out']:.2e}/{row['bound_grad']:.2e}" if "bound_out" in row
+             else f"tol {tol:g}" + (" (outputs; yardstick)" if is_yardstick else ""))
+    log(f"parity {name}: out {out_rel:.2e} grad {grad_rel:.2e} {bound} "
         f"{'PASS' if row['pass'] else 'FAIL'}"
         + (" | " + ", ".join(f"{k} {v:.1e}" for k, v in row["diagnostics_rel"].items())
            if row.get("diagnostics_rel") else ""))
@@ -531,7 +567,8 @@ def part_parity(dev: torch.device, cfg: dict[str, Any]) -> dict[str, Any]:
         res["grad_norm"] = float(ref[1].norm())
         res["params_with_zero_grad_fraction"] = float((ref[1] == 0).float().mean())
         variants = [
-            ("bf16_autocast_vs_fp32", dict(amp=torch.bfloat16), TOL_BF16, ""),
+            (YARDSTICK, dict(amp=torch.bfloat16), TOL_BF16,
+             "the plain path under bf16 autocast: the yardstick of the bf16 fast paths"),
             ("channels_last_vs_contiguous", dict(channels_last=True), TOL_FP32, ""),
             ("grad_checkpointing_vs_off", dict(ckpt=True), TOL_FP32, ""),
             ("sdpa_math_vs_default_fp32", dict(sdpa_math=True), TOL_FP32,
@@ -552,7 +589,10 @@ def part_parity(dev: torch.device, cfg: dict[str, Any]) -> dict[str, Any]:
             t0 = time.time()
             try:
                 cand = run_variant(base, x, w, tgt, **kw)
-                checks[name] = _check(name, cand, ref, tol, note, t0)
+                bf16 = kw.get("amp") is torch.bfloat16
+                checks[name] = _check(name, cand, ref, tol, note, t0,
+                                      yardstick=checks.get(YARDSTICK) if bf16 else None,
+                                      is_yardstick=name == YARDSTICK)
                 del cand
             except Exception as exc:  # noqa: BLE001
                 res["errors"][name] = traceback.format_exc(limit=6)
@@ -1127,8 +1167,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pool_direct": {"model": {"pool_impl": "direct"}},
     "all_switches": {"model": dict(ALL_SWITCHES)},
     "channels_last": {"channels_last": True},
-    "grad_checkpointing": {"ckpt": True},
-    "all_switches+grad_checkpointing": {"model": dict(ALL_SWITCHES), "ckpt": True},
+    "grad_checkpointing": {"ckpt": 1.0},
+    "all_switches+grad_checkpointing": {"model": dict(ALL_SWITCHES), "ckpt": 1.0},
+    "all_switches+grad_checkpointing_half": {"model": dict(ALL_SWITCHES), "ckpt": 0.5},
 }
 
 
@@ -1147,7 +1188,7 @@ def part_variants(dev: torch.device, cfg: dict[str, Any]) -> dict[str, Any]:
     for name, spec in VARIANTS.items():
         try:
             model = build_model(s, cfg["seed"], **spec.get("model", {})).to(dev).train()
-            model.set_grad_checkpointing(bool(spec.get("ckpt")))
+            set_checkpointing(model, float(spec.get("ckpt", 0.0)))
             x = x0
             if spec.get("channels_last"):
                 model = model.to(memory_format=torch.channels_last)
@@ -1341,11 +1382,16 @@ COMPILE_RUNS_DEFAULT = ("train:all:default,parity_bf16:all:reduce-overhead,"
                         "train:all:reduce-overhead,infer:all:reduce-overhead,parity")
 
 
+_SWITCHES_HELP = ("switches plain|all, then optionally +ckpt (gradient checkpointing), "
+                  "+ckptF (a fraction F of the encoder's layers, e.g. +ckpt0.5) and +mbB "
+                  "(torch.compile's activation memory budget B in (0, 1), e.g. +mb0.5)")
+
+
 def parse_compile_runs(spec: str) -> list[tuple[str, str, str]]:
     """``kind:switches:mode`` items and ``parity``, comma-separated, in the order they are to
     run. kind: train|infer in bf16 autocast, train_fp32|infer_fp32 without, parity_bf16 (the
-    compiled bf16 model against eager bf16 and eager fp32); switches: plain|all (ALL_SWITCHES),
-    optionally +ckpt (gradient checkpointing); mode: a torch.compile mode."""
+    compiled bf16 model against eager bf16 and eager fp32); switches: see _SWITCHES_HELP;
+    mode: a torch.compile mode."""
     runs = []
     for item in (t.strip() for t in spec.split(",")):
         if not item:
@@ -1354,28 +1400,62 @@ def parse_compile_runs(spec: str) -> list[tuple[str, str, str]]:
             runs.append(("parity", "plain", "default"))
             continue
         parts = item.split(":")
-        if (len(parts) != 3 or parts[0] not in ("train", "infer", "train_fp32", "infer_fp32",
-                                                 "parity_bf16")
-                or parts[1] not in ("plain", "all", "plain+ckpt", "all+ckpt")):
+        ok = len(parts) == 3 and parts[0] in ("train", "infer", "train_fp32", "infer_fp32",
+                                              "parity_bf16")
+        if ok:
+            try:
+                _switch_spec(parts[1])
+            except ValueError:
+                ok = False
+        if not ok:
             raise SystemExit(f"--compile-runs: bad item {item!r} (want kind:switches:mode, "
-                             "kind train|infer|train_fp32|infer_fp32|parity_bf16, switches "
-                             "plain|all, optionally +ckpt, or 'parity')")
+                             "kind train|infer|train_fp32|infer_fp32|parity_bf16, "
+                             f"{_SWITCHES_HELP}; or 'parity')")
         runs.append((parts[0], parts[1], parts[2]))
     return runs
 
 
-def _switch_spec(switches: str) -> tuple[dict[str, bool], bool]:
-    """A --compile-runs switches item (plain|all, optionally +ckpt) → (model switches,
-    gradient checkpointing)."""
-    return (dict(ALL_SWITCHES) if switches.startswith("all") else {}), switches.endswith("+ckpt")
+def _switch_spec(switches: str) -> dict[str, Any]:
+    """A --compile-runs switches item → {"switches": model switches, "ckpt": the fraction of
+    the encoder checkpointed (0 = off), "memory_budget": torch.compile's activation memory
+    budget or None}."""
+    head, *mods = switches.split("+")
+    if head not in ("plain", "all"):
+        raise ValueError(f"bad switches {switches!r}")
+    spec: dict[str, Any] = {"switches": dict(ALL_SWITCHES) if head == "all" else {},
+                            "ckpt": 0.0, "memory_budget": None}
+    for m in mods:
+        key, num = ("ckpt", m[4:]) if m.startswith("ckpt") else ("memory_budget", m[2:]) \
+            if m.startswith("mb") else (None, "")
+        if key is None:
+            raise ValueError(f"bad switches modifier {m!r}")
+        value = float(num) if num else (1.0 if key == "ckpt" else float("nan"))
+        if not 0.0 < value <= 1.0:
+            raise ValueError(f"bad switches modifier {m!r}")
+        spec[key] = value
+    return spec
+
+
+@contextlib.contextmanager
+def _memory_budget(budget: float | None):
+    """torch.compile's min-cut partitioner keeps at most this share of the activations it
+    would save by default and recomputes the rest, picking the cheapest to recompute
+    (torch._functorch.config.activation_memory_budget; 1.0 = its default)."""
+    if budget is None:
+        yield
+        return
+    import torch._functorch.config as functorch_config
+    with functorch_config.patch(activation_memory_budget=budget):
+        yield
 
 
 def _compiled_train(cfg: dict[str, Any], dev: torch.device, switches: str, mode: str,
                     amp: torch.dtype | None = torch.bfloat16) -> dict[str, Any]:
     s, b = cfg["size"], cfg["batch"]
-    kw, ckpt = _switch_spec(switches)
+    spec = _switch_spec(switches)
+    kw, ckpt = spec["switches"], spec["ckpt"]
     model = build_model(s, cfg["seed"], **kw).to(dev).train()
-    model.set_grad_checkpointing(ckpt)
+    set_checkpointing(model, ckpt)
     cmodel = torch.compile(model, mode=mode)
     loss_fn, _ = make_loss()
     x = torch.randn(b, 3, s, s).to(dev)
@@ -1385,15 +1465,17 @@ def _compiled_train(cfg: dict[str, Any], dev: torch.device, switches: str, mode:
     with torch.no_grad(), autocast(dev, amp):
         model(x)  # RoPE table cache (see note_rope_cache)
     row: dict[str, Any] = {"batch": b, "switches": kw, "mode": mode,
-                           "grad_checkpointing": ckpt,
+                           "grad_checkpointing": ckpt > 0, "checkpoint_fraction": ckpt,
+                           "activation_memory_budget": spec["memory_budget"],
                            "dtype": "bf16 autocast" if amp else "fp32"}
-    return _measure_compiled(step, dev, cfg, row, "train")
+    with _memory_budget(spec["memory_budget"]):  # read when the first call compiles
+        return _measure_compiled(step, dev, cfg, row, "train")
 
 
 def _compiled_infer(cfg: dict[str, Any], dev: torch.device, switches: str, mode: str,
                     amp: torch.dtype | None = torch.bfloat16) -> dict[str, Any]:
     s, b = cfg["size"], cfg["infer_batch"]
-    kw, _ = _switch_spec(switches)
+    kw = _switch_spec(switches)["switches"]
     model = build_model(s, cfg["seed"], **kw).to(dev).eval()
     x = torch.randn(b, 3, s, s).to(dev)
     with torch.no_grad(), autocast(dev, amp):
@@ -1449,25 +1531,32 @@ def _compiled_bf16_parity(cfg: dict[str, Any], dev: torch.device, switches: str,
     """The compiled bf16 model (with these switches and mode) against the same model eager in
     bf16 (what compiling changes) and against the plain eager fp32 reference (what the whole
     fast path changes), by the parity part's method."""
-    fast, ckpt = _switch_spec(switches)
+    spec = _switch_spec(switches)
+    fast, ckpt = spec["switches"], spec["ckpt"]
     with strict_fp32():
         base, x, w, tgt = parity_base(cfg, dev)
         with torch.no_grad():
             base(x)  # RoPE table cache
         ref32 = run_variant(base, x, w, tgt)
+        plain = run_variant(base, x, w, tgt, amp=torch.bfloat16)
+        yard = _check("yardstick: eager bf16 plain vs eager fp32 plain", plain, ref32,
+                      TOL_BF16, "the plain path under bf16 autocast", is_yardstick=True)
+        del plain
         eager = run_variant(base, x, w, tgt, amp=torch.bfloat16, fast_paths=fast, ckpt=ckpt)
         t0 = time.time()
-        comp = run_variant(base, x, w, tgt, amp=torch.bfloat16, fast_paths=fast, ckpt=ckpt,
-                           compiled=True, compile_mode=mode)
+        with _memory_budget(spec["memory_budget"]):
+            comp = run_variant(base, x, w, tgt, amp=torch.bfloat16, fast_paths=fast, ckpt=ckpt,
+                               compiled=True, compile_mode=mode)
         out = {"compiled_vs_eager_bf16": _check(
                    f"compiled {switches}:{mode} vs eager bf16", comp, eager, TOL_BF16,
-                   "same switches, both bf16 autocast", t0),
+                   "same switches, both bf16 autocast", t0, yardstick=yard),
                "compiled_vs_fp32_reference": _check(
                    f"compiled {switches}:{mode} vs eager fp32 plain", comp, ref32, TOL_BF16,
-                   "the whole fast path against the plain fp32 reference"),
+                   "the whole fast path against the plain fp32 reference", yardstick=yard),
                "eager_bf16_vs_fp32_reference": _check(
                    f"eager bf16 {switches} vs eager fp32 plain", eager, ref32, TOL_BF16,
-                   "for comparison: the same switches without compiling")}
+                   "for comparison: the same switches without compiling", yardstick=yard),
+               "yardstick_plain_bf16_vs_fp32_reference": yard}
     return out
 
 

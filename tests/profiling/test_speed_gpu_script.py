@@ -57,6 +57,13 @@ def test_speed_gpu_quick_writes_json(tmp_path):
     # checkpointing really keeps fewer tensors for backward
     ck = checks["grad_checkpointing_vs_off"]["saved_forward_bytes_a_b"]
     assert ck[0] < ck[1]
+    # the bf16 fast paths are judged by twice the plain path's own bf16 error (the yardstick)
+    yard = checks["bf16_autocast_vs_fp32"]
+    assert yard["criterion"].startswith("yardstick") and yard["pass"] == (yard["out_rel"] <= 2e-2)
+    for name in ("fast_norm_bf16_vs_fp32", "all_switches_bf16_vs_fp32", "all_fast_paths_vs_fp32"):
+        c = checks[name]
+        assert c["bound_grad"] == pytest.approx(2 * yard["grad_rel"])
+        assert c["pass"] == (c["out_rel"] <= c["bound_out"] and c["grad_rel"] <= c["bound_grad"])
 
     # profile: step time, top ops with shares, floors, saved activations
     prof = data["profile"]
@@ -77,7 +84,7 @@ def test_speed_gpu_quick_writes_json(tmp_path):
     rows = data["variants"]["rows"]
     assert set(rows) == {"default", "fast_norm", "fast_attention", "pool_channels_first",
                          "pool_direct", "all_switches", "channels_last", "grad_checkpointing",
-                         "all_switches+grad_checkpointing"}
+                         "all_switches+grad_checkpointing", "all_switches+grad_checkpointing_half"}
     assert all(r["train_images_per_s"] > 0 and r["infer_images_per_s"] > 0 for r in rows.values())
 
     # inference and tiled
@@ -175,15 +182,23 @@ def test_compile_runs_parse_and_child_writes_each_run(tmp_path, monkeypatch, loa
     assert mod.parse_compile_runs("train:all:default, infer:plain:reduce-overhead,parity") == [
         ("train", "all", "default"), ("infer", "plain", "reduce-overhead"),
         ("parity", "plain", "default")]
-    with pytest.raises(SystemExit, match="bad item"):
-        mod.parse_compile_runs("train:some:default")
+    assert mod.parse_compile_runs("train:all+ckpt0.5+mb0.4:reduce-overhead") == [
+        ("train", "all+ckpt0.5+mb0.4", "reduce-overhead")]
+    assert mod._switch_spec("all+ckpt0.5+mb0.4") == {
+        "switches": mod.ALL_SWITCHES, "ckpt": 0.5, "memory_budget": 0.4}
+    assert mod._switch_spec("plain+ckpt") == {"switches": {}, "ckpt": 1.0, "memory_budget": None}
+    for bad in ("train:some:default", "train:all+ckpt1.5:default", "train:all+mb:default",
+                "train:all+fast:default", "train:all+ckptx:default"):
+        with pytest.raises(SystemExit, match="bad item"):
+            mod.parse_compile_runs(bad)
     import torch
     monkeypatch.setattr(torch, "compile", lambda m, mode=None: m)
     args = mod.parse_args(["--quick", "-o", str(tmp_path / "x.json"), "--size", "64",
                            "--batch", "2", "--reps", "1", "--warmup", "0",
                            "--compile-runs",
                            "train:all:default,infer:plain:reduce-overhead,"
-                           "train_fp32:plain+ckpt:default,parity_bf16:all+ckpt:default"])
+                           "train_fp32:plain+ckpt:default,parity_bf16:all+ckpt:default,"
+                           "train:all+ckpt0.5+mb0.5:default"])
     cfg = mod.make_config(args, torch.device("cpu"))
     out = tmp_path / "child.json"
     mod.compile_child(cfg, torch.device("cpu"), str(out))
@@ -195,7 +210,11 @@ def test_compile_runs_parse_and_child_writes_each_run(tmp_path, monkeypatch, loa
     assert infer["infer_images_per_s"] > 0 and infer["switches"] == {}
     fp32 = res["runs"]["train_fp32:plain+ckpt:default"]
     assert fp32["dtype"] == "fp32" and fp32["grad_checkpointing"] is True
+    half = res["runs"]["train:all+ckpt0.5+mb0.5:default"]
+    assert half["checkpoint_fraction"] == 0.5 and half["activation_memory_budget"] == 0.5
     par = res["parity_bf16"]["all+ckpt:default"]
     # (compile stubbed: "compiled" is eager here, so it equals eager bf16 exactly)
     assert par["compiled_vs_eager_bf16"]["grad_rel"] == 0.0
     assert 0 < par["compiled_vs_fp32_reference"]["grad_rel"] < 0.5
+    yard = par["yardstick_plain_bf16_vs_fp32_reference"]
+    assert par["compiled_vs_fp32_reference"]["bound_grad"] == pytest.approx(2 * yard["grad_rel"])
