@@ -53,8 +53,12 @@ class RotaryEmbedding2d(nn.Module):
 
     def tables(self, height: int, width: int, device: torch.device,
                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        if not (isinstance(height, int) and isinstance(width, int)):
-            # Symbolic sizes (torch.export / ONNX with dynamic H, W): compute in the graph.
+        if (torch.compiler.is_compiling()
+                or not (isinstance(height, int) and isinstance(width, int))):
+            # In the graph, not the cache: symbolic sizes (torch.export / ONNX with dynamic
+            # H, W) cannot key it, and under torch.compile filling it would break the graph
+            # (13 breaks in a 4-block model) and, with CUDA graphs, cache tensors that the next
+            # replay overwrites. Inductor computes the few thousand angles inside the kernel.
             ang = rope_angles(height, width, self.dim, self.base, device=device)
             return ang.cos().to(dtype), ang.sin().to(dtype)
         key = (height, width, device, dtype)
