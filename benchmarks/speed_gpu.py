@@ -1565,7 +1565,7 @@ def compile_child(cfg: dict[str, Any], dev: torch.device, out_path: str) -> None
     parent kills it at the budget): compiled bf16 training steps and inference per switch set
     and mode, and compile vs eager parity (fp32)."""
     res: dict[str, Any] = {"errors": {}, "runs": {}, "note_rope_cache": (
-        "one eager forward runs before each compile. Until commit 16e387a it filled "
+        "one eager forward runs before each compile. Before commit aedcf81 it filled "
         "RotaryEmbedding2d's cos/sin cache, which a trace with an empty cache would have filled "
         "inside the graph (graph breaks, recompiles); since then compiled graphs compute the "
         "tables in the graph and leave the cache alone, and the warm-up changes nothing"),
