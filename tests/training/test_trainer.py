@@ -203,3 +203,44 @@ def test_checkpointing_fraction_on_a_model_without_it_is_a_config_error(tmp_path
                                 "model.grad_checkpointing_fraction=0.5"])
     with pytest.raises(ConfigError, match="grad_checkpointing_fraction: qtseg recomputes all"):
         Trainer(cfg, build_model(cfg), build_loss("dice_ce", 1), _SlowStartDataset())
+
+
+class _LossGoesNaN(torch.nn.Module):
+    """Dice + CE that returns NaN from its ``at``-th call on."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        from hrmedseg.training.losses import build_loss
+        self.inner, self.calls, self.at = build_loss("dice_ce", 1), 0, at
+
+    def forward(self, logits, target):
+        self.calls += 1
+        loss = self.inner(logits, target)
+        return loss * float("nan") if self.calls >= self.at else loss
+
+
+def test_non_finite_loss_stops_the_run_before_any_save(tmp_path):
+    """Losses are read every LOSS_READ_EVERY steps (no GPU wait per step), and always before a
+    save: a NaN stops the run naming the steps, and no checkpoint holds the broken weights."""
+    from hrmedseg.training import trainer as trainer_mod
+    from hrmedseg.training.config import load_config
+    from hrmedseg.training.run import build_model
+    from hrmedseg.training.trainer import Trainer
+
+    from _trainutils import TINY_OVERRIDES
+
+    cfg = load_config("paper", ["data.size=32", "train.precision=fp32", "train.device=cpu",
+                                "train.batch_size=2", "data.workers=0", "train.epochs=1",
+                                "train.save_every_steps=2", "train.eval_test=false",
+                                f"train.out_dir={tmp_path / 'run'}", TINY_OVERRIDES])
+    assert trainer_mod.LOSS_READ_EVERY > 2   # here the saves force the reads
+    trainer = Trainer(cfg, build_model(cfg), _LossGoesNaN(at=3),
+                      _SlowStartDataset(n=12, delay=0.0))
+    try:
+        with pytest.raises(FloatingPointError, match="within steps 3-4"):
+            trainer.fit(resume=False)
+    finally:
+        trainer.close()
+    saved = load_file(str(tmp_path / "run" / "checkpoints" / "last" / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in saved.values())
+    assert load_state(tmp_path / "run" / "checkpoints" / "last")["global_step"] == 2

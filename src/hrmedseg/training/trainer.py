@@ -30,6 +30,10 @@ from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distri
 from .sampler import EpochBatchSampler, SeededDataset
 
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+# The loop reads (and checks) the losses every this many steps, not every step: each read waits
+# for the GPU, and a step under CUDA graphs is short enough that waiting every step idles it
+# while the CPU prepares the next one.
+LOSS_READ_EVERY = 10
 CSV_FIELDS = ["epoch", "step", "train_loss", "val_loss", "val_dice", "val_iou", "lr",
               "epoch_time_s", "train_images_per_s", "peak_mem_gb"]
 
@@ -269,7 +273,10 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
 
-    def train_step(self, batch: dict[str, Any]) -> float:
+    def train_step(self, batch: dict[str, Any]) -> torch.Tensor:
+        """One optimizer step; returns the loss as a detached device scalar. Nothing here
+        waits for the GPU: the caller reads losses (and checks they are finite) every few
+        steps, so the CPU queues the next step while the GPU runs this one."""
         x, y = self._inputs(batch)
         self.opt.zero_grad(set_to_none=True)
         if self._cudagraphs:
@@ -278,16 +285,23 @@ class Trainer:
         with self._autocast():
             logits = self.net(x)
         loss = self.loss_fn(logits.float(), y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {self.global_step}; "
-                                     f"lower optim.lr or use train.precision=fp32")
         self.scaler.scale(loss).backward()
         if self.cfg.optim.clip_grad_norm > 0:
             self.scaler.unscale_(self.opt)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_grad_norm)
         self.scaler.step(self.opt)
         self.scaler.update()
-        return float(loss.detach())
+        return loss.detach()
+
+    def _read_losses(self, window: torch.Tensor, steps: int) -> float:
+        """Mean of the last ``steps`` losses (summed on the device in ``window``): the one place
+        the loop waits for the GPU. A non-finite loss stops the run here, before any save."""
+        total = float(window)
+        if not math.isfinite(total):
+            first = self.global_step - steps + 1
+            raise FloatingPointError(f"loss became {total} within steps {first}-{self.global_step}; "
+                                     "lower optim.lr or use train.precision=fp32")
+        return total / max(1, steps)
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -365,6 +379,8 @@ class Trainer:
             if self.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(self.device)
             loss_sum, seen, n_imgs = 0.0, 0, 0
+            window = torch.zeros((), dtype=torch.float64, device=self.device)
+            in_window, shown = 0, float("nan")
             bar = tqdm(total=self.sampler.batches_per_epoch(), initial=self.batch_in_epoch,
                        desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}", unit="batch",
                        disable=not self.info.is_main, dynamic_ncols=True, file=sys.stderr)
@@ -372,15 +388,23 @@ class Trainer:
                 if self._session_start is None:
                     self._session_start = time.monotonic()
                 lr = self._set_lr()
-                loss = self.train_step(batch)
+                window += self.train_step(batch)
                 self.batch_in_epoch += 1
                 self.global_step += 1
-                loss_sum, seen = loss_sum + loss, seen + 1
+                in_window += 1
                 n_imgs += batch["image"].shape[0] * self.info.world_size
+                saving = bool(cfg.train.save_every_steps
+                              and self.global_step % cfg.train.save_every_steps == 0)
+                last = self.batch_in_epoch >= self.sampler.batches_per_epoch()
+                if in_window >= LOSS_READ_EVERY or saving or last:
+                    shown = self._read_losses(window, in_window)
+                    loss_sum, seen = loss_sum + shown * in_window, seen + in_window
+                    window.zero_()
+                    in_window = 0
                 rate = n_imgs / max(1e-9, time.monotonic() - t0)
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
+                bar.set_postfix(loss=f"{shown:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
                 bar.update(1)
-                if cfg.train.save_every_steps and self.global_step % cfg.train.save_every_steps == 0:
+                if saving:
                     self.save("last")
                 out_of_steps = cfg.train.max_steps and self.global_step >= cfg.train.max_steps
                 out_of_time = (cfg.train.time_limit_min and
@@ -388,7 +412,11 @@ class Trainer:
                 if out_of_steps or out_of_time:
                     stopped = True
                     break
+            if in_window:  # stopped early: the unread losses still count (and are checked)
+                shown = self._read_losses(window, in_window)
+                loss_sum, seen = loss_sum + shown * in_window, seen + in_window
             bar.close()
+            train_dt = time.monotonic() - t0   # losses read: the GPU has finished the epoch
             epoch_done = self.batch_in_epoch >= self.sampler.batches_per_epoch()
             stats = torch.tensor([loss_sum, float(seen)], dtype=torch.float64, device=self.device)
             stats = all_reduce_sum(stats, self.info)
@@ -403,7 +431,8 @@ class Trainer:
                     row.update({k: round(v, 4) for k, v in self.validate().items()})
                 dt = time.monotonic() - t0
                 row["epoch_time_s"] = round(dt, 2)
-                row["train_images_per_s"] = round(n_imgs / max(dt, 1e-9), 2)
+                # training only: validation and saving are in epoch_time_s, not in the rate
+                row["train_images_per_s"] = round(n_imgs / max(train_dt, 1e-9), 2)
                 if self.device.type == "cuda":
                     row["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 1e9, 3)
                 if "val_dice" in row:
