@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from speed_tables import COMPILED_HEADER, compiled_run_row  # noqa: E402
 DEFAULT = HERE.parent / "results" / "speed_h200_s6"
 TARGETS = {"train": 350.0, "infer": 1500.0, "mem": 0.20}
 # speed_gpu.py's JSON of device calls 1, 2, 3
@@ -77,18 +79,10 @@ def summary(d: Path) -> str:
           "(reduce-overhead) the replays allocate nothing, so `max_memory_allocated` misses "
           "their pool: the reserved peak over the whole run (compile, warm-up, recording, "
           "replays) is the bound to quote there.", "",
-          "| run | call | step / batch (ms) | img/s | peak allocated GB/img | reserved over the run GB/img | compile (s) |",
-          "|---|---|---|---|---|---|---|"]
+          *COMPILED_HEADER]
     for call, r in ((2, c2), (3, c3)):
         for label, row in (r.get("compile") or {}).get("runs", {}).items():
-            ms = row.get("step_ms_median", row.get("batch_ms_median"))
-            rate = row.get("train_images_per_s", row.get("infer_images_per_s"))
-            mem = row.get("peak_train_mem_per_image_gb", row.get("peak_infer_mem_per_image_gb"))
-            memtxt = _f(mem, ".3f") + (" (misses the graph pool)"
-                                       if row.get("mode") == "reduce-overhead" else "")
-            L.append(f"| {label} | {call} | {ms:.2f} | {rate:.1f} | {memtxt} | "
-                     f"{_f(row.get('peak_reserved_whole_run_per_image_gb'), '.3f')} | "
-                     f"{row['compile_seconds']:.0f} |")
+            L.append(compiled_run_row(label, row, call))
     errs = {**(c3.get("compile") or {}).get("errors", {})}
     if errs:
         L.append("")
