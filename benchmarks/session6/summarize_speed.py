@@ -19,7 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from speed_tables import COMPILED_HEADER, compiled_run_row  # noqa: E402
+from speed_tables import COMPILED_HEADER, compiled_run_row, write_summary  # noqa: E402
 DEFAULT = HERE.parent / "results" / "speed_h200_s6"
 TARGETS = {"train": 350.0, "infer": 1500.0, "mem": 0.20}
 # speed_gpu.py's JSON of device calls 1, 2, 3
@@ -176,12 +176,7 @@ def summary(d: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    d = Path(args[0]) if args else DEFAULT
-    out = d / "SUMMARY.md"
-    out.write_text(summary(d))
-    print(f"wrote {out}")
-    return 0
+    return write_summary(summary, DEFAULT, argv)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from speed_tables import COMPILED_HEADER, compiled_run_row, fmt  # noqa: E402
+from speed_tables import (COMPILED_HEADER, compiled_run_row,  # noqa: E402
+                          write_summary)
 
 DEFAULT = HERE.parent / "results" / "speed_h200_s7"
 S6 = HERE.parent / "results" / "speed_h200_s6"
@@ -182,12 +183,7 @@ def summary(d: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    d = Path(args[0]) if args else DEFAULT
-    out = d / "SUMMARY.md"
-    out.write_text(summary(d))
-    print(f"wrote {out}")
-    return 0
+    return write_summary(summary, DEFAULT, argv)
 
 
 if __name__ == "__main__":
