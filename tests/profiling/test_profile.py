@@ -54,3 +54,22 @@ def test_cli_unknown_model_is_one_line(capsys):
     rc = main(["profile", "nosuchmodel", "--device", "cpu", "--no-speed", "--no-macs"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "unknown model" in err
+
+
+def test_profile_cli_checkpointing_flags(tmp_path, capsys):
+    """--grad-checkpointing stays a plain flag (it may precede the model name);
+    --checkpoint-fraction recomputes a share of the encoder and implies it."""
+    out = tmp_path / "p.json"
+    common = ["--size", "64", "--batch", "1", "--device", "cpu", "--no-speed", "--no-macs"]
+    assert main(["profile", "--grad-checkpointing", "hrmedseg_lean", *common,
+                 "--json", str(out)]) == 0
+    r = json.loads(out.read_text())[0]
+    assert r["grad_checkpointing"] is True and r["checkpoint_fraction"] == 1.0
+    assert main(["profile", "hrmedseg_lean", "--checkpoint-fraction", "0.5", *common,
+                 "--json", str(out)]) == 0
+    r = json.loads(out.read_text())[0]
+    assert r["grad_checkpointing"] is True and r["checkpoint_fraction"] == 0.5
+    capsys.readouterr()
+    assert main(["profile", "qtseg", "--checkpoint-fraction", "0.5", *common]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "qtseg recomputes all of its blocks or none" in err

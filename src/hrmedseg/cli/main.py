@@ -20,12 +20,12 @@ class UserError(Exception):
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    from ..models._base import InputSizeError
+    from ..models._base import CheckpointingError, InputSizeError
     from ..models._hub import CheckpointError
     from ..models._pretrained import PretrainedWeightError
     from ..models._registry import UnknownModelError
-    types: list[type[BaseException]] = [UserError, InputSizeError, CheckpointError,
-                                        PretrainedWeightError, UnknownModelError,
+    types: list[type[BaseException]] = [UserError, InputSizeError, CheckpointingError,
+                                        CheckpointError, PretrainedWeightError, UnknownModelError,
                                         FileNotFoundError, NotADirectoryError]
     try:
         from ..data.io import ImageReadError

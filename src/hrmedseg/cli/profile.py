@@ -17,10 +17,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-classes", type=int, default=1)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--grad-checkpointing", nargs="?", type=float, const=1.0, default=None,
-                   metavar="FRACTION",
-                   help="recompute the encoder's blocks in backward: all, or FRACTION (0, 1] "
-                        "of them spread evenly (HRMedSeg family)")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute the heavy blocks in backward instead of storing them")
+    p.add_argument("--checkpoint-fraction", type=float, default=None, metavar="FRACTION",
+                   help="gradient checkpointing of only FRACTION (0, 1] of the encoder's "
+                        "blocks, spread evenly (HRMedSeg family; implies --grad-checkpointing)")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--no-macs", action="store_true", help="skip the MAC counts")
     p.add_argument("--no-speed", action="store_true", help="skip timing (params/MACs/memory only)")
@@ -47,9 +48,10 @@ def run(args: argparse.Namespace) -> int:
         r = profile_model(name, size=size, batch=args.batch, device=args.device, dtype=args.dtype,
                           warmup=args.warmup, iters=args.iters, macs=not args.no_macs,
                           speed=not args.no_speed,
-                          grad_checkpointing=args.grad_checkpointing is not None,
-                          checkpoint_fraction=(1.0 if args.grad_checkpointing is None
-                                               else args.grad_checkpointing),
+                          grad_checkpointing=(args.grad_checkpointing
+                                              or args.checkpoint_fraction is not None),
+                          checkpoint_fraction=(1.0 if args.checkpoint_fraction is None
+                                               else args.checkpoint_fraction),
                           channels_last=args.channels_last, num_classes=args.num_classes,
                           **overrides)
         results.append(r)

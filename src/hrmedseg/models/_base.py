@@ -35,21 +35,25 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
 
 
+class CheckpointingError(ValueError):
+    """A gradient-checkpointing request the model cannot honour (the message says why)."""
+
+
 def check_checkpoint_fraction(model_name: str, fraction: float, partial_ok: bool) -> float:
     """``fraction`` as a float in (0, 1]; a clear error for other values, and for a fraction
     below 1 on a model that recomputes all of its blocks or none."""
     try:
         value = float(fraction)
     except (TypeError, ValueError):
-        raise ValueError(f"{model_name}: gradient checkpointing fraction must be a number in "
-                         f"(0, 1], got {fraction!r}") from None
+        raise CheckpointingError(f"{model_name}: gradient checkpointing fraction must be a "
+                                 f"number in (0, 1], got {fraction!r}") from None
     if not 0.0 < value <= 1.0:
-        raise ValueError(f"{model_name}: gradient checkpointing fraction must be in (0, 1], "
-                         f"got {value:g}")
+        raise CheckpointingError(f"{model_name}: gradient checkpointing fraction must be in "
+                                 f"(0, 1], got {value:g}")
     if value < 1.0 and not partial_ok:
-        raise ValueError(f"{model_name} recomputes all of its blocks or none: gradient "
-                         f"checkpointing fraction {value:g} is not supported (HRMedSeg, HER-Seg "
-                         "and the HRMedSeg-encoder SAM take a fraction)")
+        raise CheckpointingError(f"{model_name} recomputes all of its blocks or none: gradient "
+                                 f"checkpointing fraction {value:g} is not supported (HRMedSeg, "
+                                 "HER-Seg and the HRMedSeg-encoder SAM take a fraction)")
     return value
 
 

@@ -594,7 +594,10 @@ class SamModel(SegmentationModel):
         super().set_grad_checkpointing(enable, fraction=fraction)
         fn = getattr(self.image_encoder, "set_grad_checkpointing", None)
         if fn is not None:
-            fn(enable, fraction) if fraction < 1.0 else fn(enable)
+            if fraction < 1.0:  # only the HRMedSeg encoder takes one (checked above)
+                fn(enable, fraction)
+            else:
+                fn(enable)
         return self
 
     # -- pre/post-processing (segment-anything's Sam.preprocess / postprocess_masks) ----------

@@ -39,7 +39,7 @@ class ProfileResult:
     train_images_per_s: float | None = None
     infer_images_per_s: float | None = None
     grad_checkpointing: bool = False
-    checkpoint_fraction: float = 1.0
+    checkpoint_fraction: float = 0.0   # share of the encoder recomputed (0 = off)
     channels_last: bool = False
     notes: list[str] = field(default_factory=list)
     env: dict[str, Any] = field(default_factory=dict)

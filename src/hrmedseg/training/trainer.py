@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..compiling import uses_cudagraphs
 from ..evaluation.torch_metrics import logits_to_labels, per_image_dice_iou
+from ..models._base import CheckpointingError
 from ..provenance import source_commit
 from .metrics_log import append_csv_row
 from .checkpoint import find_checkpoint, load_state, save_checkpoint
@@ -139,7 +140,7 @@ class Trainer:
             frac = cfg.model.grad_checkpointing_fraction
             try:
                 self.model.set_grad_checkpointing(True, **({"fraction": frac} if frac != 1.0 else {}))
-            except ValueError as exc:
+            except CheckpointingError as exc:
                 raise ConfigError(f"model.grad_checkpointing_fraction: {exc}") from None
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
