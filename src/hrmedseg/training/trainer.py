@@ -381,7 +381,7 @@ class Trainer:
                 torch.cuda.reset_peak_memory_stats(self.device)
             loss_sum, seen, n_imgs = 0.0, 0, 0
             window = torch.zeros((), dtype=torch.float64, device=self.device)
-            in_window, shown = 0, float("nan")
+            in_window, shown = 0, "…"   # the bar's loss: the mean of the last window read
             bar = tqdm(total=self.sampler.batches_per_epoch(), initial=self.batch_in_epoch,
                        desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}", unit="batch",
                        disable=not self.info.is_main, dynamic_ncols=True, file=sys.stderr)
@@ -398,12 +398,12 @@ class Trainer:
                               and self.global_step % cfg.train.save_every_steps == 0)
                 last = self.batch_in_epoch >= self.sampler.batches_per_epoch()
                 if in_window >= LOSS_READ_EVERY or saving or last:
-                    shown = self._read_losses(window, in_window)
-                    loss_sum, seen = loss_sum + shown * in_window, seen + in_window
+                    mean = self._read_losses(window, in_window)
+                    loss_sum, seen = loss_sum + mean * in_window, seen + in_window
                     window.zero_()
-                    in_window = 0
+                    in_window, shown = 0, f"{mean:.4f}"
                 rate = n_imgs / max(1e-9, time.monotonic() - t0)
-                bar.set_postfix(loss=f"{shown:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
+                bar.set_postfix(loss=shown, lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
                 bar.update(1)
                 if saving:
                     self.save("last")
@@ -414,8 +414,8 @@ class Trainer:
                     stopped = True
                     break
             if in_window:  # stopped early: the unread losses still count (and are checked)
-                shown = self._read_losses(window, in_window)
-                loss_sum, seen = loss_sum + shown * in_window, seen + in_window
+                mean = self._read_losses(window, in_window)
+                loss_sum, seen = loss_sum + mean * in_window, seen + in_window
             bar.close()
             train_dt = time.monotonic() - t0   # losses read: the GPU has finished the epoch
             epoch_done = self.batch_in_epoch >= self.sampler.batches_per_epoch()
