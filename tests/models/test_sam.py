@@ -519,3 +519,17 @@ def test_mobile_sam_segments_kvasir_with_gt_box():
         dices.append(2 * (pred & gt).sum() / (pred.sum() + gt.sum()))
     print(f"MobileSAM Kvasir-SEG Dice with GT boxes: {dices}")
     assert min(dices) > 0.5
+
+
+def test_partial_checkpointing_only_with_the_hrmedseg_encoder():
+    """A fraction reaches the HRMedSeg encoder's layers; TinyViT recomputes all or none."""
+    m = hrmedseg.create_model("hrmedseg_sam")
+    assert m.supports_partial_checkpointing
+    m.set_grad_checkpointing(True, fraction=0.5)
+    assert m.image_encoder.encoder.checkpointed == (False, True) * 6  # 2 MBConv + 10 DGLA
+    m.set_grad_checkpointing(False)
+    assert not any(m.image_encoder.encoder.checkpointed)
+    t = tiny_mobile_sam()
+    assert not t.supports_partial_checkpointing
+    with pytest.raises(ValueError, match="mobile_sam recomputes all of its blocks or none"):
+        t.set_grad_checkpointing(True, fraction=0.5)
