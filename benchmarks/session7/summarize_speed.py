@@ -152,12 +152,13 @@ def summary(d: Path) -> str:
     L.append("")
 
     # -- the trainer -----------------------------------------------------------------------
+    aug = _load(HERE.parent / "results" / "augment_throughput_cpu_1024.json")["images_per_s"]
     L += ["## The trainer on this configuration (calls 3 and 4)", "",
           "`benchmarks/session7/gpu_checks.sh`: `hrmedseg train --config paper` on DSB-2018 "
           "(packed WebP, 531 training images) at 1024², batch 16, bf16, "
           "`train.compile=true train.compile_mode=reduce-overhead "
-          "model.grad_checkpointing=true`, from scratch, 3 epochs, strong augmentation on 14 "
-          "workers.", "",
+          "model.grad_checkpointing=true`, from scratch, 3 epochs, the recipe's \"paper\" "
+          "augmentation on 14 DataLoader workers.", "",
           "| call | commit | epoch | train loss | val loss | val Dice | epoch s | train img/s |",
           "|---|---|---|---|---|---|---|---|"]
     for call, (name, info) in enumerate(checks, start=3):
@@ -170,10 +171,17 @@ def summary(d: Path) -> str:
           "includes compiling. In call 3 `train_images_per_s` still divided by the epoch time "
           "including validation; from call 4 (commit 0c81237) it counts training time only, "
           "and the loop no longer waits for the GPU every step (losses are read every 10 "
-          "steps). The trainer's ~260 img/s is below the 567 img/s of the bare step: the gap "
-          "was not diagnosed within the session's device time. The input pipeline at 1024² is "
-          "the first suspect: reading the pre-resized cache, strong augmentation, and the "
-          "host-to-device copy of 50 MB of uint8 pixels per batch.", ""]
+          "steps).", "",
+          f"The trainer's ~260 img/s is below the {both['train_images_per_s']:.0f} img/s of the "
+          "bare step, and what bounds it was not measured on the device. An estimate from "
+          "the development machine's CPU: one DataLoader worker applies the paper policy at "
+          f"1024² at {aug['paper']:.1f} img/s and the strong one at {aug['strong']:.1f} img/s "
+          "(`results/augment_throughput_cpu_1024.json`, "
+          "`python benchmarks/augment_throughput.py --size 1024`). 14 such workers would give "
+          f"about {14 * aug['paper']:.0f} img/s with the paper policy, above the trainer's "
+          "260, so augmentation alone would not explain the gap. Reading the cache, collation "
+          "and the host-to-device copy (50 MB of uint8 pixels per batch) come on top, and the "
+          "device host's cores may be slower.", ""]
     pt = [ln for ln in (d / CHECK_DIRS[-1] / "pytest_gpu.log").read_text().splitlines()
           if ln.startswith("PASSED") or ln.startswith("FAILED")]
     L += ["## gpu-marked tests on the GPU (calls 3 and 4)", "",
