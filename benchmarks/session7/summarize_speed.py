@@ -152,7 +152,7 @@ def summary(d: Path) -> str:
     L.append("")
 
     # -- the trainer -----------------------------------------------------------------------
-    aug = _load(HERE.parent / "results" / "augment_throughput_cpu_1024.json")["images_per_s"]
+    item = _load(HERE.parent / "results" / "loader_throughput_cpu_1024.json")["items_per_s"]
     L += ["## The trainer on this configuration (calls 3 and 4)", "",
           "`benchmarks/session7/gpu_checks.sh`: `hrmedseg train --config paper` on DSB-2018 "
           "(packed WebP, 531 training images) at 1024², batch 16, bf16, "
@@ -174,14 +174,16 @@ def summary(d: Path) -> str:
           "steps).", "",
           f"The trainer's ~260 img/s is below the {both['train_images_per_s']:.0f} img/s of the "
           "bare step, and what bounds it was not measured on the device. An estimate from "
-          "the development machine's CPU: one DataLoader worker applies the paper policy at "
-          f"1024² at {aug['paper']:.1f} img/s and the strong one at {aug['strong']:.1f} img/s "
-          "(`results/augment_throughput_cpu_1024.json`, "
-          "`python benchmarks/augment_throughput.py --size 1024`). 14 such workers would give "
-          f"about {14 * aug['paper']:.0f} img/s with the paper policy, above the trainer's "
-          "260, so augmentation alone would not explain the gap. Reading the cache, collation "
-          "and the host-to-device copy (50 MB of uint8 pixels per batch) come on top, and the "
-          "device host's cores may be slower.", ""]
+          "the development machine's CPU: one DataLoader worker produces "
+          f"{item['paper']:.1f} training items/s at 1024² with the paper policy (cache read, "
+          f"augmentation, tensors) and {item['strong']:.1f} with the strong one "
+          "(`results/loader_throughput_cpu_1024.json`, `python benchmarks/loader_throughput.py "
+          "--config paper data.root=DSB \"data.size=[1024,1024]\" --policies paper,strong`). "
+          f"14 such workers would give about {14 * item['paper']:.0f} img/s, above the "
+          "trainer's 260, so on this estimate the workers alone would not bound it. Not in "
+          "the estimate: the main process's collation, pinning and host-to-device copy (50 MB "
+          "of uint8 pixels per batch), and a device host whose cores may be slower. Not "
+          "diagnosed.", ""]
     pt = [ln for ln in (d / CHECK_DIRS[-1] / "pytest_gpu.log").read_text().splitlines()
           if ln.startswith("PASSED") or ln.startswith("FAILED")]
     L += ["## gpu-marked tests on the GPU (calls 3 and 4)", "",
