@@ -74,6 +74,7 @@ except ImportError:  # run from a checkout without PYTHONPATH / install
     sys.path.insert(0, str(REPO / "src"))
     import hrmedseg  # noqa: F401
 from hrmedseg.errors import first_line  # noqa: E402
+from hrmedseg.provenance import source_commit  # noqa: E402
 
 TARGETS = {"train_images_per_s_min": 350.0, "infer_images_per_s_min": 1500.0,
            "peak_train_mem_per_image_gb_max": 0.20}
@@ -163,18 +164,6 @@ def autocast(dev: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(dev.type, dtype=dtype)
-
-
-def commit() -> str | None:
-    c = os.environ.get("HRMEDSEG_COMMIT")
-    if c:
-        return c
-    try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                           text=True, timeout=5)
-        return r.stdout.strip() or None
-    except Exception:  # noqa: BLE001 - no git on the device copy
-        return None
 
 
 def tf32_state() -> dict[str, Any]:
@@ -1920,7 +1909,7 @@ def main(argv: list[str] | None = None) -> int:
         "cudnn": (torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None),
         "python": platform.python_version(),
         "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "commit": commit(), "hrmedseg": getattr(hrmedseg, "__version__", None),
+        "commit": source_commit(), "hrmedseg": getattr(hrmedseg, "__version__", None),
         "config": cfg, "targets": TARGETS, "parts": parts,
         "tolerances": {"fp32": TOL_FP32, "bf16": TOL_BF16},
         "errors": {}, "part_seconds": {}, "status": "running",
