@@ -1,5 +1,6 @@
 """torch.compile(HRMedSeg) equals eager on the CPU: outputs and parameter gradients, in fp32 and
-under bf16 autocast with the speed switches (their autocast checks must survive tracing).
+under bf16 autocast with the speed switches (their autocast checks must survive tracing). And
+the compiled models (the HRMedSeg family, QTSeg) trace as one graph from a fresh model.
 
 Slow: inductor compiles forward and backward for a few minutes on two cores. The measurement is
 benchmarks/compile_parity_cpu.py (numbers: benchmarks/results/compile_parity_cpu.json); the GPU
@@ -13,13 +14,18 @@ TINY = dict(embed_dim=24, depth=4, num_heads=(6, 6, 6), neck_dim=32, decoder_hea
             decoder_mlp_dim=32)
 
 
-@pytest.mark.parametrize("fraction", [None, 0.5])
-def test_fresh_model_traces_as_one_graph(fraction):
+@pytest.mark.parametrize("name,kwargs,fraction", [
+    ("hrmedseg", TINY, None),
+    ("hrmedseg", TINY, 0.5),
+    ("herseg", TINY, None),
+    ("qtseg", {"img_size": 64}, None),
+])
+def test_fresh_model_traces_as_one_graph(name, kwargs, fraction):
     """A model compiled before any eager call (the trainer, the Segmenter) must trace as one
-    graph: RoPE's table cache once filled inside the trace broke it 13 times, and under CUDA
-    graphs left cached tables that the next replay overwrote. Dynamo's explain traces only
-    (no inductor), so this runs in seconds."""
-    m = hrmedseg.create_model("hrmedseg", **TINY).train()
+    graph under bf16 autocast: RoPE's table cache once filled inside the trace broke it 13
+    times, and under CUDA graphs left cached tables that the next replay overwrote. Dynamo's
+    explain traces only (no inductor), so this runs in seconds."""
+    m = hrmedseg.create_model(name, **kwargs).train()
     if fraction:
         m.set_grad_checkpointing(True, fraction=fraction)
     with torch.autocast("cpu", torch.bfloat16):
@@ -27,7 +33,8 @@ def test_fresh_model_traces_as_one_graph(fraction):
     assert ex.graph_break_count == 0, [str(b.reason)[:300] for b in ex.break_reasons]
     assert ex.graph_count == 1
     # and nothing was cached from inside the trace
-    assert all(not blk.attn.rope._cache for blk in m.encoder.blocks)
+    ropes = [mod for mod in m.modules() if type(mod).__name__ == "RotaryEmbedding2d"]
+    assert all(not r._cache for r in ropes)
 
 
 @pytest.mark.slow
