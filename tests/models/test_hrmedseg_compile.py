@@ -2,9 +2,10 @@
 under bf16 autocast with the speed switches (their autocast checks must survive tracing). And
 the compiled models (the HRMedSeg family, QTSeg) trace as one graph from a fresh model.
 
-Slow: inductor compiles forward and backward for a few minutes on two cores. The measurement is
-benchmarks/compile_parity_cpu.py (numbers: benchmarks/results/compile_parity_cpu.json); the GPU
-runs of benchmarks/speed_gpu.py check the same at 1024² (results/speed_h200_s6/)."""
+The parity tests are slow: inductor compiles forward and backward for a few minutes on two
+cores. Their measurement is benchmarks/compile_parity_cpu.py (numbers:
+benchmarks/results/compile_parity_cpu.json); the GPU runs of benchmarks/speed_gpu.py check the
+same at 1024² (results/speed_h200_s6/, speed_h200_s7/). The tracing tests take seconds."""
 import pytest
 import torch
 
