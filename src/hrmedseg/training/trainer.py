@@ -296,7 +296,7 @@ class Trainer:
 
     def _read_losses(self, window: torch.Tensor, steps: int) -> float:
         """Mean of the last ``steps`` losses (summed on the device in ``window``): the one place
-        the loop waits for the GPU. A non-finite loss stops the run here, before any save."""
+        the step loop waits for the GPU. A non-finite loss stops the run here, before any save."""
         total = float(window)
         if not math.isfinite(total):
             first = self.global_step - steps + 1
