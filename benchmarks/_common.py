@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 try:
-    import hrmedseg  # noqa: F401
+    import hrmedseg  # noqa: F401 - is the package importable?
 except ImportError:  # a checkout without install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from hrmedseg.models import create_model
