@@ -1,4 +1,4 @@
-"""Issue 12: default HRMedSeg (distilled encoder) vs a ResNet-34 U-Net at equal GPU time.
+"""Default HRMedSeg (distilled encoder) vs a ResNet-34 U-Net at equal GPU time.
 
 Every run uses the package's own training pipeline (``Trainer`` with ``hrmedseg train``'s data
 setup and losses) under one recipe, stopped by a wall-clock budget (``train.time_limit_min``,
