@@ -2,9 +2,11 @@
 cores; tests/models/test_hrmedseg_compile.py runs the real compile, marked slow)."""
 import json
 
+import pytest
 import torch
 
 
+@pytest.mark.slow  # eager fp32 + bf16 passes of the small model: 5-20 s on two shared cores
 def test_writes_both_precisions_with_provenance(tmp_path, load_benchmark, monkeypatch):
     monkeypatch.setenv("HRMEDSEG_COMMIT", "beef001")
     monkeypatch.setattr(torch, "compile", lambda m, **kw: m)
