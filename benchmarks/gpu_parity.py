@@ -258,8 +258,8 @@ def part_parity(dev: torch.device, cfg: dict[str, Any]) -> dict[str, Any]:
                 res["errors"][name] = traceback.format_exc(limit=6)
                 log(TAG, f"parity {name}: ERROR {first_line(exc)}")
         # The GPU's own fp32 path against the CPU's: the fast-path checks above compare GPU runs
-        # with each other, so a wrong CUDA kernel shared by both sides goes unseen (session 5:
-        # the channels-last avg_pool2d backward, results/avgpool_nhwc_backward_h200/).
+        # with each other, so a wrong CUDA kernel shared by both sides goes unseen (as PyTorch's
+        # channels-last avg_pool2d backward did: results/avgpool_nhwc_backward_h200/).
         # (On the CPU, --quick, this compares the CPU with itself: it only exercises the code.)
         name = f"{dev.type}_vs_cpu_fp32"
         t0 = time.time()

@@ -63,7 +63,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "out_bias_0": {"out_bias": 0.0},                # learnable scalar logit bias, init 0
     "out_bias_prior": {"out_bias": math.log(0.15 / 0.85)},   # init at the fg prior
     "no_pool": {"model_overrides": {"pool_sizes": []}},
-    # PyTorch's own k×k pooling backward (CUDA channels-last kernel; see session5 pooling check)
+    # PyTorch's own k×k pooling backward (wrong on CUDA for channels-last: results/avgpool_nhwc_backward_h200/)
     "pool_direct": {"model_overrides": {"pool_impl": "direct"}},
     # the GPU recipe's scale, one factor at a time (fewer steps: slower on the CPU)
     "bf16": {"precision": "bf16", "steps": 100},

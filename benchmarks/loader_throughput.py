@@ -1,8 +1,8 @@
 """Training items per second of one DataLoader worker, as ``hrmedseg train`` builds them.
 
-    python benchmarks/loader_throughput.py --config paper data.root=../shared/data/dsb2018 \
+    python benchmarks/loader_throughput.py --config paper data.root=DSB2018_DIR \
         "data.size=[1024,1024]" data.cache_dir=/tmp/cache1024 \
-        -o benchmarks/results/loader_throughput_cpu_1024.json
+        --policies paper,strong -o loader_throughput.json
 
 One item = the trainer's whole per-sample path in a worker: read the pre-resized cache entry,
 augment with the recipe's policy, make tensors (``SeededDataset`` over the training split,
