@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 import time
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -13,7 +14,9 @@ try:
     import hrmedseg  # noqa: F401 - is the package importable?
 except ImportError:  # a checkout without install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from hrmedseg.errors import first_line
 from hrmedseg.models import create_model
+from hrmedseg.profiling.speed import free_memory, pick_device, write_result
 from hrmedseg.training.losses import CELoss, DiceLoss
 
 T_START = time.time()
@@ -29,6 +32,36 @@ TINY = dict(embed_dim=24, depth=2, num_heads=(6, 6, 6), neck_dim=32, decoder_hea
 
 def log(tag: str, msg: str) -> None:
     print(f"[{tag} {time.time() - T_START:6.1f}s] {msg}", flush=True)
+
+
+def script_device(name: str, quick: bool) -> torch.device:
+    """The device a script runs on: ``--quick`` defaults to the CPU, with one thread there
+    (shared small cores make multi-threaded tiny kernels erratic)."""
+    dev = pick_device("cpu" if quick and name == "auto" else name)
+    if quick and dev.type == "cpu":
+        torch.set_num_threads(1)
+    return dev
+
+
+def run_parts(tag: str, result: dict[str, Any], output: str,
+              parts: list[tuple[str, Callable[[], dict[str, Any]]]], dev: Any = None) -> None:
+    """Runs each part into ``result[name]``; a failing part is recorded under ``errors`` and
+    the others still run. The file is rewritten after every part (a run killed midway keeps
+    what it measured); ``status`` says whether any part, or any row inside one, failed."""
+    for name, fn in parts:
+        log(tag, f"--- {name} ---")
+        try:
+            result[name] = fn()
+        except Exception as exc:  # noqa: BLE001 - one part never loses the others
+            result["errors"][name] = traceback.format_exc(limit=8)
+            log(tag, f"{name}: ERROR {first_line(exc)}")
+            if dev is not None:
+                free_memory(dev)
+        write_result(output, result)
+    nested = [e for name, _ in parts for e in (result.get(name) or {}).get("errors", {})]
+    result["status"] = "complete" if not result["errors"] and not nested else "complete_with_errors"
+    write_result(output, result)
+    log(tag, f"{result['status']}: {output}")
 
 
 def build_hrmedseg(size: int, seed: int, tiny: bool = False, **switches: Any) -> torch.nn.Module:

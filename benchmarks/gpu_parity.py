@@ -34,14 +34,15 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ALL_SWITCHES, build_hrmedseg, log, make_loss, parse_switches  # noqa: E402
+from _common import (ALL_SWITCHES, build_hrmedseg, log, make_loss, parse_switches,  # noqa: E402
+                     run_parts, script_device)
 
 from hrmedseg.errors import first_line  # noqa: E402
 from hrmedseg.layers import (DropPath, LayerNorm2d, MultiscalePooling,  # noqa: E402
                              RotaryEmbedding2d, elu_feature_map, linear_attention,
                              quadratic_attention_reference, rope_angles)
 from hrmedseg.profiling.speed import (activation_memory_budget, autocast_or_none,  # noqa: E402
-                                      cos_distance, free_memory, pick_device, random_blob_mask,
+                                      cos_distance, free_memory, random_blob_mask,
                                       rel_error, result_header, set_checkpointing, strict_fp32,
                                       tf32_state,
                                       write_result)
@@ -468,9 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     q = args.quick
-    dev = pick_device("cpu" if q and args.device == "auto" else args.device)
-    if q and dev.type == "cpu":
-        torch.set_num_threads(1)
+    dev = script_device(args.device, q)
     spec = args.compiled or ("none" if q else COMPILED_DEFAULT)
     cfg = {"size": args.size or (64 if q else 1024), "parity_batch": args.batch,
            "seed": args.seed, "tiny": q, "ref_grid": 16 if q else 32,
@@ -478,21 +477,17 @@ def main(argv: list[str] | None = None) -> int:
     result = {**result_header("benchmarks/gpu_parity.py", dev, argv), "quick": q, "config": cfg,
               "tolerances": {"fp32": TOL_FP32, "bf16": TOL_BF16,
                              "bf16_multiplier_of_yardstick": BF16_MULTIPLIER}, "errors": {}}
-    parts = [("eager", part_parity)] + ([("compiled", part_compiled)] if spec != "none" else [])
-    for name, fn in parts:
-        try:
-            result[name] = fn(dev, cfg)
-        except Exception as exc:  # noqa: BLE001
-            result["errors"][name] = traceback.format_exc(limit=8)
-            log(TAG, f"{name}: ERROR {first_line(exc)}")
-        write_result(args.output, result)
+    parts = [("eager", lambda: part_parity(dev, cfg))]
+    if spec != "none":
+        parts.append(("compiled", lambda: part_compiled(dev, cfg)))
+    run_parts(TAG, result, args.output, parts, dev)
+    compiled = result.get("compiled") or {}
+    rows = [compiled.get("fp32", {"pass": True})] + [
+        row for checks in compiled.get("bf16", {}).values() for row in checks.values()]
     result["all_pass"] = bool((result.get("eager") or {}).get("all_pass")) and all(
-        c.get("pass") for r in [(result.get("compiled") or {})]
-        for c in [r.get("fp32", {"pass": True})] + [v for d in r.get("bf16", {}).values()
-                                                     for v in d.values()])
-    result["status"] = "complete" if not result["errors"] else "complete_with_errors"
+        row.get("pass") for row in rows)
     write_result(args.output, result)
-    log(TAG, f"{result['status']}, all pass: {result['all_pass']}: {args.output}")
+    log(TAG, f"all pass: {result['all_pass']}")
     return 0
 
 

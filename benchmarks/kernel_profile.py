@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +18,13 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import build_hrmedseg, log, make_loss  # noqa: E402
+from _common import build_hrmedseg, log, make_loss, run_parts, script_device  # noqa: E402
 
-from hrmedseg.errors import first_line  # noqa: E402
 from hrmedseg.profiling.kernels import (OpStats, aten_op_self_ms, flop_floor_ms,  # noqa: E402
                                         kernel_table, op_bandwidth_table, saved_tensor_stats)
 from hrmedseg.profiling.speed import (autocast_or_none, device_rates, make_train_step,  # noqa: E402
-                                      measure_call, pick_device, random_blob_mask,
-                                      result_header, sync, write_result)
+                                      measure_call, random_blob_mask,
+                                      result_header, sync)
 
 TAG = "kernel_profile"
 
@@ -119,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     q = args.quick
-    dev = pick_device("cpu" if q and args.device == "auto" else args.device)
-    if q and dev.type == "cpu":
-        torch.set_num_threads(1)
+    dev = script_device(args.device, q)
     cfg = {"size": args.size or (64 if q else 1024), "batch": args.batch or (2 if q else 16),
            "warmup": 1 if q else 3, "reps": 1 if q else 10, "tiny": q, "seed": args.seed,
            "profile_steps": 1 if q else args.profile_steps, "top": args.top}
@@ -131,16 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     rates = device_rates(dev, *((32 << 20, 256, 256) if q else (1 << 30, 8192, 4096)),
                          reps=cfg["reps"])
     result["rates"] = rates
-    for name, fn in (("train_step", profile_train_step), ("inference", profile_inference)):
-        try:
-            result[name] = fn(dev, cfg, rates)
-        except Exception as exc:  # noqa: BLE001 - one part never loses the other
-            result["errors"][name] = traceback.format_exc(limit=8)
-            log(TAG, f"{name}: ERROR {first_line(exc)}")
-        write_result(args.output, result)
-    result["status"] = "complete" if not result["errors"] else "complete_with_errors"
-    write_result(args.output, result)
-    log(TAG, f"{result['status']}: {args.output}")
+    run_parts(TAG, result, args.output,
+              [("train_step", lambda: profile_train_step(dev, cfg, rates)),
+               ("inference", lambda: profile_inference(dev, cfg, rates))], dev)
     return 0
 
 

@@ -30,14 +30,15 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ALL_SWITCHES, build_hrmedseg, log, make_loss, parse_switches  # noqa: E402
+from _common import (ALL_SWITCHES, build_hrmedseg, log, make_loss, parse_switches,  # noqa: E402
+                     run_parts, script_device)
 
 from hrmedseg.errors import first_line  # noqa: E402
 from hrmedseg.inference.segmenter import Segmenter  # noqa: E402
 from hrmedseg.inference.tiling import tile_starts  # noqa: E402
 from hrmedseg.profiling.speed import (activation_memory_budget, autocast_or_none,  # noqa: E402
                                       device_rates, free_memory, make_train_step, measure_call,
-                                      pick_device, random_blob_mask, result_header,
+                                      random_blob_mask, result_header,
                                       set_checkpointing, sync, synthetic_image, write_result)
 
 TAG = "speed_memory"
@@ -219,9 +220,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     q = args.quick
-    dev = pick_device("cpu" if q and args.device == "auto" else args.device)
-    if q and dev.type == "cpu":
-        torch.set_num_threads(1)  # shared small cores make multi-threaded tiny kernels erratic
+    dev = script_device(args.device, q)
 
     def pick(v: Any, full: Any, quick: Any) -> Any:
         return v if v is not None else (quick if q else full)
@@ -243,19 +242,7 @@ def main(argv: list[str] | None = None) -> int:
               "config": {**cfg, "compiled": [":".join(r) for r in cfg["compiled"]]},
               "parts": parts, "errors": {}, "status": "running"}
     write_result(args.output, result)
-    for name in parts:
-        log(TAG, f"--- {name} ---")
-        try:
-            result[name] = PARTS[name](dev, cfg)
-        except Exception as exc:  # noqa: BLE001 - one part never loses the others
-            result["errors"][name] = traceback.format_exc(limit=8)
-            log(TAG, f"{name}: ERROR {first_line(exc)}")
-            free_memory(dev)
-        write_result(args.output, result)
-    nested = [e for p in parts for e in (result.get(p) or {}).get("errors", {})]
-    result["status"] = "complete" if not result["errors"] and not nested else "complete_with_errors"
-    write_result(args.output, result)
-    log(TAG, f"{result['status']}: {args.output}")
+    run_parts(TAG, result, args.output, [(p, lambda p=p: PARTS[p](dev, cfg)) for p in parts], dev)
     return 0
 
 
