@@ -6,8 +6,7 @@
 
 One item = the trainer's whole per-sample path in a worker: read the pre-resized cache entry,
 augment with the recipe's policy, make tensors (``SeededDataset`` over the training split,
-OpenCV single-threaded as in a worker). ``augment_throughput.py`` times the augmentation alone
-on a synthetic image. Multiply by ``data.workers`` for what a machine with that many free
+OpenCV single-threaded as in a worker). Multiply by ``data.workers`` for what a machine with that many free
 cores could feed the GPU; the main process's collation and host-to-device copy are not in it.
 """
 from __future__ import annotations
