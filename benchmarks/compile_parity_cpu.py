@@ -53,7 +53,7 @@ def measure(amp: bool) -> dict[str, float]:
     w = torch.randn(2, 1, 64, 64)
     eager, compiled = copy.deepcopy(model), copy.deepcopy(model)
     with torch.no_grad():
-        compiled(x)  # RoPE table cache before tracing (speed_gpu.py's note_rope_cache)
+        compiled(x)  # one eager call first, as the recorded runs did
     out_e, g_e = _out_and_grads(eager, x, w, amp)
     out_c, g_c = _out_and_grads(torch.compile(compiled), x, w, amp)
     res = {"compiled_vs_eager_out": _rel(out_c, out_e), "compiled_vs_eager_grad": _rel(g_c, g_e)}

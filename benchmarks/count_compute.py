@@ -1,16 +1,19 @@
 """Parameters and compute of the paper models on the CPU, in the conventions the papers use.
 
-Writes benchmarks/results/compute_counts.json. MACs of one forward at batch 1:
+MACs of one forward at batch 1:
 macs_thop = module hooks as thop (papers' #FLOPs for HRMedSeg/ESP-MedSAM), macs_all_ops = PyTorch
 FlopCounterMode, activations = fvcore's activation count (QTSeg's convention adds it to MACs).
-Usage: python benchmarks/count_compute.py
+
+  python benchmarks/count_compute.py -o compute_counts.json
+  python benchmarks/count_compute.py --models hrmedseg --size 64 -o /tmp/counts.json   # quick
 """
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import platform
-import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -19,6 +22,7 @@ import hrmedseg
 from hrmedseg.atomic import atomic_write_bytes
 from hrmedseg.profiling.activations import count_activations
 from hrmedseg.profiling.macs import count_macs
+from hrmedseg.provenance import source_commit
 
 CASES = [  # name, kwargs, input size, paper params (M), paper compute (G) and its convention
     ("hrmedseg", {}, 1024, 3.53, 9.39, "thop MACs"),
@@ -28,10 +32,19 @@ CASES = [  # name, kwargs, input size, paper params (M), paper compute (G) and i
 ]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-o", "--output", type=Path, required=True, help="result JSON file")
+    ap.add_argument("--models", help="comma-separated subset of " + ",".join(c[0] for c in CASES))
+    ap.add_argument("--size", type=int, help="input side for every model (default: the paper's)")
+    args = ap.parse_args(argv)
+    wanted = set(args.models.split(",")) if args.models else {c[0] for c in CASES}
     torch.set_num_threads(2)
     rows = []
     for name, kw, size, p_params, p_compute, conv in CASES:
+        if name not in wanted:
+            continue
+        size = args.size or size
         m = hrmedseg.create_model(name, **kw).eval()
         x = torch.randn(1, 3, size, size)
         mc = count_macs(m, x) if name != "esp_medsam" else None
@@ -54,15 +67,14 @@ def main() -> None:
                "paper_params_M": p_params, "paper_compute_G": p_compute, "paper_convention": conv}
         rows.append(row)
         print(json.dumps(row))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
     out = {"device": f"cpu ({platform.machine()}, 2 threads)", "torch": torch.__version__,
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "commit": commit, "command": "python benchmarks/count_compute.py", "results": rows}
-    path = Path(__file__).parent / "results" / "compute_counts.json"
-    atomic_write_bytes(path, (json.dumps(out, indent=2) + "\n").encode())
-    print(f"wrote {path}")
+           "commit": source_commit(), "command": "python benchmarks/count_compute.py "
+           + " ".join(argv if argv is not None else sys.argv[1:]), "results": rows}
+    atomic_write_bytes(args.output, (json.dumps(out, indent=2) + "\n").encode())
+    print(f"wrote {args.output}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # a checkout without install
+from hrmedseg.provenance import source_commit  # noqa: E402
 
 
 def cpu_model() -> str:
@@ -37,11 +39,7 @@ def cpu_model() -> str:
 
 
 def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
-    except Exception:  # noqa: BLE001
-        return "unknown"
+    return source_commit() or "unknown"
 
 
 def load() -> float:
@@ -110,8 +108,8 @@ def profile_parts(model, x: torch.Tensor, runs: int) -> dict[str, float]:  # noq
     return res
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="hrmedseg")
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=2)
@@ -121,7 +119,7 @@ def main() -> int:
                     help="comma list of torch_fp32, onnxruntime_fp32, torch_bf16, torch_int8_dynamic")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))

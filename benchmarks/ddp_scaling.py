@@ -1,4 +1,4 @@
-"""Issue 9: HRMedSeg training throughput at 1024² on 1 GPU and on N GPUs (torchrun, DDP over NCCL).
+"""HRMedSeg training throughput at 1024² on 1 GPU and on N GPUs (torchrun, DDP over NCCL).
 
     torchrun --nproc_per_node=1 benchmarks/ddp_scaling.py --out DIR   # writes DIR/ddp_scaling_w1.json
     torchrun --nproc_per_node=2 benchmarks/ddp_scaling.py --out DIR   # writes DIR/ddp_scaling_w2.json
@@ -113,7 +113,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def _real_runs(folder: Path) -> list[dict[str, Any]]:
-    """The real-data runs the pipeline wrote: REAL/w<N>_s<seed>/{summary.json, run.json}."""
+    """Real-data runs placed beside the results: real/w<N>_s<seed>/{summary.json, run.json}."""
     rows = []
     for d in sorted(folder.glob("w*_s*")):
         summ, meta = d / "summary.json", d / "run.json"
@@ -173,7 +173,7 @@ def report(folder: Path) -> str:
     return text
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, help="folder for ddp_scaling_w<N>.json")
     ap.add_argument("--report", type=Path, help="combine the ddp_scaling_w*.json of this folder")
@@ -185,7 +185,7 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--iters", type=int, default=30)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.report:
         print(report(args.report))
         return 0

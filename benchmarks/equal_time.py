@@ -1,4 +1,4 @@
-"""Issue 12: default HRMedSeg (distilled encoder) vs a ResNet-34 U-Net at equal GPU time.
+"""Default HRMedSeg (distilled encoder) vs a ResNet-34 U-Net at equal GPU time.
 
 Every run uses the package's own training pipeline (``Trainer`` with ``hrmedseg train``'s data
 setup and losses) under one recipe, stopped by a wall-clock budget (``train.time_limit_min``,
@@ -185,7 +185,7 @@ def _wait_for(args: argparse.Namespace, tags: list[str], timeout_s: float) -> li
     return [json.loads(p.read_text()) for p in paths]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-root", required=True, help="folder holding one folder per dataset")
     ap.add_argument("--datasets", default="kvasir-seg,dsb2018")
@@ -221,7 +221,7 @@ def main() -> int:
                          "GPU, all writing to the same --out); lane 0 writes the final report")
     ap.add_argument("--wait-s", type=float, default=3600.0,
                     help="how long a lane waits for the other lanes' runs")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     import torch
 
     lane, lanes = (int(v) for v in args.lane.split("/"))

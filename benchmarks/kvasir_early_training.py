@@ -1,4 +1,4 @@
-"""Why HRMedSeg stays at the all-background solution early on Kvasir-SEG, measured on the CPU.
+"""Why HRMedSeg stays at the all-background solution early on Kvasir-SEG, step by step, on the CPU or a GPU.
 
 A small-scale copy of the equal-time recipe of ``benchmarks/equal_time.py`` (AdamW, warm-up then
 cosine over the run, ``dice_ce``, strong augmentation), built with the package's own pieces
@@ -21,7 +21,10 @@ Variants (``--variants``) each change one thing against ``default``; all use the
 order and step budget. Results are merged into ``kvasir_early_training.json`` in ``--out``, with
 a Markdown table and a PNG of val Dice / predicted-foreground fraction vs step.
 
-    python benchmarks/kvasir_early_training.py --variants default,dice_focal --steps 200
+    python benchmarks/kvasir_early_training.py --data-root KVASIR_DIR --out OUT \
+        --variants default,loss_dice_focal --steps 200
+    python benchmarks/kvasir_early_training.py --data-root KVASIR_DIR --out OUT --device cuda \
+        --size 512 --batch 16 --steps 220 --precision bf16 --workers 12 --variants default,pool_direct
 """
 from __future__ import annotations
 
@@ -60,7 +63,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "out_bias_0": {"out_bias": 0.0},                # learnable scalar logit bias, init 0
     "out_bias_prior": {"out_bias": math.log(0.15 / 0.85)},   # init at the fg prior
     "no_pool": {"model_overrides": {"pool_sizes": []}},
-    # PyTorch's own k×k pooling backward (CUDA channels-last kernel; see session5 pooling check)
+    # PyTorch's own k×k pooling backward (wrong on CUDA for channels-last: results/avgpool_nhwc_backward_h200/)
     "pool_direct": {"model_overrides": {"pool_impl": "direct"}},
     # the GPU recipe's scale, one factor at a time (fewer steps: slower on the CPU)
     "bf16": {"precision": "bf16", "steps": 100},
@@ -406,12 +409,12 @@ def plot(path: Path, runs: list[dict[str, Any]], setting: str) -> None:
     plt.close(fig)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data-root", default=".gpu/s3/kvasir-seg")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/kvasir_early_training_cpu"))
-    ap.add_argument("--device", default="cpu", help="cpu or cuda (the GPU runs stalled; the CPU ones did not)")
-    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers (the GPU runs used 12)")
+    ap.add_argument("--data-root", required=True, help="a Kvasir-SEG folder (images/, masks/, splits.json)")
+    ap.add_argument("--out", type=Path, required=True, help="folder for kvasir_early_training.json/.md/.png")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     ap.add_argument("--work", default="/tmp/kvasir_early_training")
     ap.add_argument("--variants", default="default")
     ap.add_argument("--size", type=int, default=256)
@@ -428,7 +431,7 @@ def main() -> int:
     ap.add_argument("--val-every", type=int, default=25)
     ap.add_argument("--print-every", type=int, default=10)
     ap.add_argument("--train-images", type=int, default=800, help="for the warm-up in epochs")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     jpath = args.out / "kvasir_early_training.json"

@@ -1,13 +1,12 @@
 """Training items per second of one DataLoader worker, as ``hrmedseg train`` builds them.
 
-    python benchmarks/loader_throughput.py --config paper data.root=../shared/data/dsb2018 \
+    python benchmarks/loader_throughput.py --config paper data.root=DSB2018_DIR \
         "data.size=[1024,1024]" data.cache_dir=/tmp/cache1024 \
-        -o benchmarks/results/loader_throughput_cpu_1024.json
+        --policies paper,strong -o loader_throughput.json
 
 One item = the trainer's whole per-sample path in a worker: read the pre-resized cache entry,
 augment with the recipe's policy, make tensors (``SeededDataset`` over the training split,
-OpenCV single-threaded as in a worker). ``augment_throughput.py`` times the augmentation alone
-on a synthetic image. Multiply by ``data.workers`` for what a machine with that many free
+OpenCV single-threaded as in a worker). Multiply by ``data.workers`` for what a machine with that many free
 cores could feed the GPU; the main process's collation and host-to-device copy are not in it.
 """
 from __future__ import annotations

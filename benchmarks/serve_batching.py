@@ -238,9 +238,9 @@ def main() -> int:
     ap.add_argument("--queue-size", type=int, default=None, help="default: 4 x clients, at least 64")
     ap.add_argument("--time-limit", type=float, default=55.0, help="whole run, seconds (default 55)")
     ap.add_argument("--quick", action="store_true",
-                    help="CPU smoke run: 256x256 model and image, 4 clients x 3 requests, max batch 4")
+                    help="CPU smoke run: 64x64 model and image, 4 clients x 3 requests, max batch 4")
     if ap.parse_known_args()[0].quick:  # new defaults; options given explicitly still win
-        ap.set_defaults(size=256, image_size=256, clients=4, requests_per_client=3, warmup=1, max_batch=4)
+        ap.set_defaults(size=64, image_size=64, clients=4, requests_per_client=3, warmup=1, max_batch=4)
     a = ap.parse_args()
     if min(a.clients, a.requests_per_client, a.max_batch, a.size, a.image_size) < 1 or a.warmup < 0:
         ap.error("sizes, counts and --max-batch must be >= 1")

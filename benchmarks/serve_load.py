@@ -26,6 +26,9 @@ import httpx
 import numpy as np
 import psutil
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # a checkout without install
+from hrmedseg.provenance import source_commit  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "src" / "hrmedseg" / "samples" / "dsb2018" / "images"
 
@@ -36,7 +39,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="hrmedseg")
     ap.add_argument("--device", default="cpu")
@@ -46,8 +49,8 @@ def main() -> int:
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--batch-wait-ms", type=float, default=10)
     ap.add_argument("--queue-size", type=int, default=64)
-    ap.add_argument("-o", "--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve_load_cpu.json")
-    a = ap.parse_args()
+    ap.add_argument("-o", "--out", type=Path, required=True, help="result JSON file")
+    a = ap.parse_args(argv)
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -114,11 +117,7 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             srv.kill()
     ms = np.asarray(lat) * 1000
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip()
-    except OSError:
-        commit = ""
+    commit = source_commit()
     import torch
     device = a.device if a.device != "cpu" else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} logical cores visible, torch threads {torch.get_num_threads()})"
     if a.device.startswith("cuda") and torch.cuda.is_available():

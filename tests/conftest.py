@@ -16,7 +16,7 @@ def _seed():
 
 @pytest.fixture(scope="session")
 def load_benchmark():
-    """Import a script of benchmarks/ by file stem (scripts, not a package): ``load("speed_gpu")``."""
+    """Import a script of benchmarks/ by file stem (scripts, not a package): ``load("speed_memory")``."""
     root = Path(__file__).resolve().parents[1] / "benchmarks"
 
     def load(stem: str):

@@ -4,8 +4,8 @@ the compiled models (the HRMedSeg family, QTSeg) trace as one graph from a fresh
 
 The parity tests are slow: inductor compiles forward and backward for a few minutes on two
 cores. Their measurement is benchmarks/compile_parity_cpu.py (numbers:
-benchmarks/results/compile_parity_cpu.json); the GPU runs of benchmarks/speed_gpu.py check the
-same at 1024² (results/speed_h200_s6/, speed_h200_s7/). The tracing tests take seconds."""
+benchmarks/results/compile_parity_cpu.json); benchmarks/gpu_parity.py checks the same
+on a GPU at 1024² (results/speed_hrmedseg_1024_h200/). The tracing tests take seconds."""
 import pytest
 import torch
 
