@@ -14,12 +14,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .metrics import EMPTY_MASK_POLICY, compute_metrics, summarize
+from ..metrics.segmentation import EMPTY_MASK_POLICY, compute_metrics, summarize
 
 PERCENT_KEYS = ("dice", "iou", "pixel_accuracy")
 
 
-def _nearest_resize(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+def nearest_resize(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Label map resized to ``hw`` by nearest neighbour (ground truth at the model's resolution)."""
     if mask.shape == hw:
         return mask
     rows = (np.arange(hw[0]) * mask.shape[0] / hw[0]).astype(np.int64)
@@ -72,7 +73,7 @@ def evaluate_rows(segmenter: Any, indexed: Sequence[tuple[int, Any]], hd: bool =
                 prob = pr.probabilities[0] if nc == 1 else pr.probabilities
                 m = compute_metrics(pr.labels, gt, nc, probs=prob, hd=hd, class_names=class_names)
                 rows.append((idx, {"stem": s.stem, "height": gt.shape[0], "width": gt.shape[1], **m}))
-                gt_small = _nearest_resize(gt, pr.model_labels.shape)
+                gt_small = nearest_resize(gt, pr.model_labels.shape)
                 mm = compute_metrics(pr.model_labels, gt_small, nc, hd=hd, class_names=class_names)
                 rows_model.append((idx, {"stem": s.stem, **mm}))
                 if out_dir is not None and idx < overlays:

@@ -18,8 +18,8 @@ def evaluate_volume_cases(segmenter: Any, cases: Sequence[Any], class_names: lis
     from ..atomic import atomic_write_bytes
     from ..data.volumes import check_label_matches, read_volume, write_label_volume
     from ..inference.volume import predict_volume
-    from .metrics import EMPTY_MASK_POLICY
-    from .volume_metrics import compute_volume_metrics, summarize_volumes, table2_report
+    from ..metrics.segmentation import EMPTY_MASK_POLICY
+    from ..metrics.volume import compute_volume_metrics, summarize_volumes, table2_report
 
     nc = segmenter.num_classes
     names = class_names or [str(i) for i in range(max(nc, 2))]
