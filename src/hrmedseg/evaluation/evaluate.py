@@ -13,7 +13,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from ..atomic import atomic_write_bytes
+from ..data.io import ImageReadError, read_image, read_mask, write_image_png
+from ..inference.visualize import prediction_overlay
 from ..metrics.segmentation import EMPTY_MASK_POLICY, compute_metrics, summarize
 
 PERCENT_KEYS = ("dice", "iou", "pixel_accuracy")
@@ -40,11 +44,6 @@ def evaluate_rows(segmenter: Any, indexed: Sequence[tuple[int, Any]], hd: bool =
     Rows carry the sample's index so that shards evaluated by several processes can be merged
     back in order; overlays are written for samples whose index is below ``overlays``.
     """
-    from tqdm.auto import tqdm
-
-    from ..data.io import ImageReadError, read_image, read_mask, write_image_png
-    from ..inference.visualize import prediction_overlay
-
     nc = segmenter.num_classes
     rows: Rows = []
     rows_model: Rows = []
@@ -100,7 +99,6 @@ def summarize_rows(rows: Rows, rows_model: Rows, skipped: list[tuple[int, str]])
 
 def write_results(out_dir: Path, rows: Rows, rows_model: Rows, summary: dict[str, Any]) -> None:
     """``per_image.csv`` (both resolutions, in sample order) and ``summary.json``, atomically."""
-    from ..atomic import atomic_write_bytes
     _write_csv(Path(out_dir) / "per_image.csv", [r for _, r in sorted(rows, key=lambda t: t[0])],
                [r for _, r in sorted(rows_model, key=lambda t: t[0])])
     atomic_write_bytes(Path(out_dir) / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
@@ -119,7 +117,6 @@ def evaluate_samples(segmenter: Any, samples: Sequence[Any], out_dir: Path | Non
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]], rows_model: list[dict[str, Any]]) -> None:
-    from ..atomic import atomic_write_bytes
     keys: list[str] = []
     merged = []
     for r, rm in zip(rows, rows_model):
