@@ -14,7 +14,7 @@ hand-written step loop that logs, every step:
 * gradient norms per model part (encoder, neck, decoder, and decoder sub-modules).
 
 Every ``--val-every`` steps the model is evaluated on the **val** split (never test) with the
-trainer's metric (per-image Dice of ``logit > 0``, ``hrmedseg.evaluation.torch_metrics``), plus a
+trainer's metric (per-image Dice of ``logit > 0``, ``hrmedseg.metrics.tensor``), plus a
 diagnostic "best global threshold" Dice (how well the logits rank pixels, whatever their offset).
 
 Variants (``--variants``) each change one thing against ``default``; all use the same seed, data
@@ -137,7 +137,7 @@ def part_of(name: str) -> list[str]:
 def evaluate(model: nn.Module, trainer: Any, val_set: Any, batch: int) -> dict[str, float]:
     from torch.utils.data import DataLoader
 
-    from hrmedseg.evaluation.torch_metrics import logits_to_labels, per_image_dice_iou
+    from hrmedseg.metrics.tensor import logits_to_labels, per_image_dice_iou
     from hrmedseg.training.losses import CELoss, DiceLoss
     from hrmedseg.training.trainer import _collate
 

@@ -1,5 +1,21 @@
-"""Turning exceptions into the one-line messages the CLI, tables and logs show."""
+"""The package's error base class, and turning exceptions into one-line messages.
+
+Every error a user can fix (a bad file, size, name, option or config) is a :class:`HrmedsegError`;
+each also keeps the builtin base it had before (``ValueError``, ``KeyError``, ...) so that existing
+``except`` clauses still catch it. The command line catches :class:`HrmedsegError` and prints its
+message as one line.
+"""
 from __future__ import annotations
+
+__all__ = ["HrmedsegError", "UserError", "first_line"]
+
+
+class HrmedsegError(Exception):
+    """An error whose message is the whole story: one line, naming the file or the value at fault."""
+
+
+class UserError(HrmedsegError):
+    """A command-line argument, or a combination of them, that cannot be used."""
 
 
 def first_line(exc: BaseException) -> str:

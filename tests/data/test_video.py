@@ -12,8 +12,8 @@ pytest.importorskip("av")
 
 from hrmedseg.cli.main import main  # noqa: E402
 from hrmedseg.data.io import ImageReadError, read_mask, write_image_png  # noqa: E402
-from hrmedseg.data.video import (VideoWriter, iter_frames, open_video, predict_video,  # noqa: E402
-                                 sequence_of)
+from hrmedseg.data.video import VideoWriter, iter_frames, open_video, sequence_of  # noqa: E402
+from hrmedseg.inference.video import predict_video  # noqa: E402
 from hrmedseg.inference.segmenter import Segmenter  # noqa: E402
 
 

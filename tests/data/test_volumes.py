@@ -139,7 +139,7 @@ def _nnunet_3d(root, n_cases=3, shape=(24, 20, 8), bad=None):
 def test_volume_slice_dataset(tmp_path):
     from hrmedseg.data.datasets import collate_segmentation
     from hrmedseg.data.splits import random_split
-    from hrmedseg.training.volume_data import VolumeSliceDataset, case_of
+    from hrmedseg.data.volume_slices import VolumeSliceDataset, case_of
 
     _nnunet_3d(tmp_path / "d")
     ds = VolumeSliceDataset(tmp_path / "d", size=32, window="abdomen")
@@ -164,7 +164,7 @@ def test_volume_slice_dataset(tmp_path):
 
 @pytest.mark.parametrize("bad", ["shape", "affine"])
 def test_label_grid_mismatch_is_one_line_error(tmp_path, bad):
-    from hrmedseg.training.volume_data import VolumeSliceDataset
+    from hrmedseg.data.volume_slices import VolumeSliceDataset
     _nnunet_3d(tmp_path / "d", bad=bad)
     with pytest.raises(ImageReadError) as ei:
         VolumeSliceDataset(tmp_path / "d", size=32)

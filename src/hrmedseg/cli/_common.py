@@ -9,7 +9,7 @@ def samples_for_split(data: str, split: str, splits: str | None) -> tuple[Any, l
     """The dataset index of ``data`` and its samples of ``split`` ('all' = every pair)."""
     from ..data.datasets import discover_pairs
     from ..data.splits import load_splits
-    from .main import UserError
+    from ..errors import UserError
 
     try:
         index = discover_pairs(data)
@@ -32,7 +32,7 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     true/false) is taken as such, anything else as a string."""
     import json
 
-    from .main import UserError
+    from ..errors import UserError
 
     overrides: dict[str, Any] = {}
     for item in items:

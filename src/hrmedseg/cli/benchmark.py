@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from ..profiling.benchmark import (benchmark_meta, format_markdown, load_dice, run_benchmark,
                                        write_benchmark)
     from ..profiling.profile import DTYPES
-    from .main import UserError
+    from ..errors import UserError
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not models:

@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data.datasets import check_dataset, discover_pairs
 
-    from .main import UserError
+    from ..errors import UserError
     try:
         index = discover_pairs(args.root)
     except ValueError as exc:  # not a dataset layout: the message says what was expected

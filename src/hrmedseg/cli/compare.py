@@ -25,9 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from ..evaluation.compare import build_configs, load_compare, run_compare
+    from ..experiments.compare import build_configs, load_compare, run_compare
     from ..models._registry import is_model
-    from .main import UserError
+    from ..errors import UserError
 
     spec = load_compare(args.config, args.overrides)
     unknown = [e.name for e in spec.models if not is_model(e.name)]

@@ -123,7 +123,7 @@ def _run_volumes(args: argparse.Namespace) -> int:
     from ..data.splits import load_splits
     from ..evaluation.evaluate_volumes import evaluate_volume_cases
     from ..inference.segmenter import Segmenter
-    from ..training.volume_data import discover_volume_cases, read_label_names
+    from ..data.volume_slices import discover_volume_cases, read_label_names
 
     root = Path(args.data)
     cases = discover_volume_cases(root)

@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .main import UserError
+    from ..errors import UserError
     from ..inference.export import export_onnx, onnx_available
 
     if not onnx_available():

@@ -1,8 +1,9 @@
 """Entry point of the ``hrmedseg`` command.
 
 Each verb lives in its own module exposing ``add_parser(subparsers)`` and ``run(args)``; a verb
-only parses arguments and calls library functions. Errors a user can fix (bad file, bad size,
-unknown model) print one line and exit with status 2 instead of a traceback.
+only parses arguments and calls library functions. Errors a user can fix (any
+:class:`~hrmedseg.errors.HrmedsegError`: bad file, bad size, unknown model, ...) print one line and
+exit with status 2 instead of a traceback.
 """
 from __future__ import annotations
 
@@ -11,33 +12,18 @@ import importlib
 import importlib.util
 import sys
 
+from ..errors import HrmedsegError, UserError
+
+__all__ = ["main", "build_parser", "USER_ERRORS", "UserError"]
+
 VERBS = ("models", "profile", "benchmark", "check_dataset", "train", "evaluate", "predict",
          "compare", "export", "serve", "distill", "zeroshot", "train_esp")
 
 
-class UserError(Exception):
-    """An error whose message is the whole story (printed as one line)."""
-
-
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    from ..models._base import CheckpointingError, InputSizeError
-    from ..models._hub import CheckpointError
-    from ..models._pretrained import PretrainedWeightError
-    from ..models._registry import UnknownModelError
-    types: list[type[BaseException]] = [UserError, InputSizeError, CheckpointingError,
-                                        CheckpointError, PretrainedWeightError, UnknownModelError,
-                                        FileNotFoundError, NotADirectoryError]
-    try:
-        from ..data.io import ImageReadError
-        types.append(ImageReadError)
-    except ImportError:
-        pass
-    try:
-        from ..training.config import ConfigError
-        types.append(ConfigError)
-    except ImportError:
-        pass
-    return tuple(types)
+# Errors a user can fix: the package's own (each says the whole story in its message) and the
+# operating system's for paths that are missing, of the wrong kind or not readable.
+USER_ERRORS: tuple[type[BaseException], ...] = (HrmedsegError, FileNotFoundError, NotADirectoryError,
+                                                IsADirectoryError, PermissionError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hrmedseg: interrupted", file=sys.stderr)
         return 130
-    except _user_error_types() as exc:
+    except USER_ERRORS as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"hrmedseg {args.verb.replace('_', '-')}: error: {msg}", file=sys.stderr)
         return 2

@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..data.io import ImageReadError, read_image, read_mask, write_image_png, write_mask_png
-    from ..evaluation.metrics import dice, iou
+    from ..metrics.segmentation import dice, iou
     from ..inference.segmenter import Segmenter
     from ..inference.visualize import prediction_overlay
 
@@ -216,7 +216,7 @@ def _predict_volume_file(seg, f: Path, args: argparse.Namespace) -> None:  # noq
 
 
 def _predict_video_file(seg, f: Path, args: argparse.Namespace) -> None:  # noqa: ANN001
-    from ..data.video import predict_video
+    from ..inference.video import predict_video
 
     r = predict_video(seg, f, args.out, batch_size=args.batch_size, fps=args.fps,
                       overlay=not args.no_overlay, frames_png=args.frames_png)

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ._common import parse_set
-    from .main import UserError
+    from ..errors import UserError
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but this machine has no CUDA device (use --device cpu)")
     size = tuple(args.size) if len(args.size) == 2 else (args.size[0], args.size[0])

@@ -35,7 +35,7 @@ def is_loopback(host: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .main import UserError
+    from ..errors import UserError
     token = args.token or os.environ.get("HRMEDSEG_TOKEN") or None
     if not is_loopback(args.host) and not token:
         raise UserError(f"binding to {args.host} exposes the server beyond this machine: "

@@ -31,9 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.evaluate import format_summary
-    from ..evaluation.zeroshot import build_zeroshot_model, evaluate_zeroshot
+    from ..experiments.zeroshot import build_zeroshot_model, evaluate_zeroshot
     from ._common import samples_for_split
-    from .main import UserError
+    from ..errors import UserError
 
     index, samples = samples_for_split(args.data, args.split, args.splits)
     if args.limit:

@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..atomic import atomic_write_bytes
+from ..errors import HrmedsegError
 
 __all__ = [
     "opencv_fork_safe", "IMAGE_EXTENSIONS", "LOSSY_EXTENSIONS", "MAX_PIXELS", "IMAGENET_MEAN", "IMAGENET_STD",
@@ -57,7 +58,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class ImageReadError(ValueError):
+class ImageReadError(HrmedsegError, ValueError):
     """A file could not be read as an image or mask; ``str()`` is one line: ``<path>: <problem>``."""
 
     def __init__(self, path: PathLike, problem: str) -> None:

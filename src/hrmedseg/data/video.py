@@ -1,11 +1,10 @@
-"""Videos (MP4/AVI/MOV/MKV via PyAV) and frame folders: reading, frame-wise prediction, writing.
+"""Videos (MP4/AVI/MOV/MKV via PyAV) and frame folders: reading and writing frames.
 
-* :func:`open_video` gives a :class:`VideoInfo` (frame count, size, rate as a ``Fraction``) and
-  :func:`iter_frames` RGB uint8 frames; a frame folder (images named in frame order, natural sort)
-  is a video too, at ``fps`` frames per second.
-* :func:`predict_video` segments frames ``batch_size`` at a time and writes, at the input's frame
-  rate, a mask video (labels as grey 0/255 for binary models, class colours otherwise), an overlay
-  video and optional per-frame label PNGs (exact labels; videos are lossy).
+* :func:`open_video` gives a :class:`VideoInfo` (frame count, size, rate as a ``Fraction``),
+  :func:`iter_frames` RGB uint8 frames and :func:`iter_frames_with_rate` the frames with the
+  stream's rate; a frame folder (images named in frame order, natural sort) is a video too, at
+  ``fps`` frames per second. :class:`VideoWriter` writes RGB frames.
+* Segmenting a video frame by frame is :func:`hrmedseg.inference.video.predict_video`.
 * :func:`sequence_of` maps frame stems (``seq01_0005``, ``seq01_frame0005``, ``seq01/0005``) to
   their sequence, for ``random_split(..., group_of=sequence_of)``.
 
@@ -19,7 +18,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -28,7 +27,7 @@ from .io import ImageReadError, is_image_file, read_image
 PathLike = str | os.PathLike
 
 __all__ = ["VIDEO_EXTENSIONS", "VideoInfo", "is_video_file", "open_video", "iter_frames", "VideoWriter",
-           "predict_video", "sequence_of", "frame_files"]
+           "iter_frames_with_rate", "sequence_of", "frame_files"]
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg"})
 _SEQ = re.compile(r"^(?P<seq>.+?)[_\-. ](?:frame|frm|f|img|image)?[_\-]?\d+$", re.IGNORECASE)
@@ -131,14 +130,22 @@ def _decode(p: Path) -> Iterator[tuple[int, np.ndarray, tuple[Fraction, str]]]:
         container.close()
 
 
-def iter_frames(path: PathLike) -> Iterator[np.ndarray]:
-    """RGB uint8 ``(H, W, 3)`` frames of a video file, or the images of a frame folder."""
+def iter_frames_with_rate(path: PathLike, fps: float = 25.0) -> Iterator[tuple[np.ndarray, Fraction]]:
+    """``(frame, rate)`` pairs: RGB uint8 ``(H, W, 3)`` frames of a video file with the stream's frame
+    rate, or the images of a frame folder with ``fps``."""
     p = Path(path)
     if p.is_dir():
+        rate = Fraction(fps).limit_denominator(1001)
         for f in frame_files(p):
-            yield read_image(f)
+            yield read_image(f), rate
         return
-    for _, frame, _ in _decode(p):
+    for _, frame, info in _decode(p):
+        yield frame, info[0]
+
+
+def iter_frames(path: PathLike) -> Iterator[np.ndarray]:
+    """RGB uint8 ``(H, W, 3)`` frames of a video file, or the images of a frame folder."""
+    for frame, _ in iter_frames_with_rate(path):
         yield frame
 
 
@@ -187,87 +194,3 @@ class VideoWriter:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def _mask_rgb(labels: np.ndarray, binary: bool) -> np.ndarray:
-    from .io import class_palette
-    if binary:
-        g = (labels > 0).astype(np.uint8) * np.uint8(255)
-        return np.repeat(g[:, :, None], 3, axis=2)
-    pal = class_palette(max(int(labels.max()) + 1, 2))
-    return pal[labels.astype(np.int64)]
-
-
-def predict_video(segmenter: Any, path: PathLike, out_dir: PathLike, *, batch_size: int = 8,
-                  fps: float = 25.0, overlay: bool = True, frames_png: bool = False,
-                  stem: str | None = None, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Segment every frame; write ``{stem}_mask.mp4``, ``{stem}_overlay.mp4`` (``.mkv`` for odd sizes)
-    and with ``frames_png`` ``{stem}_frames/{stem}_{i:06d}.png`` label PNGs. Returns what was written."""
-    from ..inference.visualize import prediction_overlay
-    from .io import write_mask_png
-
-    p = Path(path)
-    out = Path(out_dir)
-    stem = stem or p.stem
-    info_rate: Fraction | None = None
-    if p.is_dir():
-        info_rate = Fraction(fps).limit_denominator(1001)
-    binary = int(getattr(segmenter, "num_classes", 1)) <= 2
-    writers: dict[str, VideoWriter] = {}
-    frames_dir = out / f"{stem}_frames"
-    n = 0
-    fg = 0.0
-    size = None
-
-    def flush(batch: list[np.ndarray]) -> None:
-        nonlocal n, fg
-        preds = segmenter.predict_arrays(batch)
-        for img, pr in zip(batch, preds):
-            lab = pr.labels
-            if "mask" not in writers:
-                h, w = lab.shape
-                writers["mask"] = VideoWriter(out / f"{stem}_mask.mp4", w, h, info_rate)
-                if overlay:
-                    writers["overlay"] = VideoWriter(out / f"{stem}_overlay.mp4", w, h, info_rate)
-            writers["mask"].write(_mask_rgb(lab, binary))
-            if overlay:
-                writers["overlay"].write(prediction_overlay(img, lab))
-            if frames_png:
-                frames_dir.mkdir(parents=True, exist_ok=True)
-                write_mask_png(frames_dir / f"{stem}_{n:06d}.png", lab)
-            fg += float((lab > 0).mean())
-            n += 1
-            if progress is not None:
-                progress(n)
-
-    try:
-        batch: list[np.ndarray] = []
-        if p.is_dir():
-            source: Iterator[np.ndarray] = iter_frames(p)
-        else:
-            def gen() -> Iterator[np.ndarray]:
-                nonlocal info_rate
-                for _, fr, info in _decode(p):
-                    info_rate = info[0]
-                    yield fr
-            source = gen()
-        for fr in source:
-            if size is None:
-                size = fr.shape[:2]
-            elif fr.shape[:2] != size:
-                raise ImageReadError(p, f"frame {n + len(batch)} is {fr.shape[1]}x{fr.shape[0]}, "
-                                        f"earlier frames {size[1]}x{size[0]}")
-            batch.append(fr)
-            if len(batch) == batch_size:
-                flush(batch)
-                batch = []
-        if batch:
-            flush(batch)
-    finally:
-        for w in writers.values():
-            w.close()
-    if n == 0:
-        raise ImageReadError(p, "video has no decodable frames")
-    return {"frames": n, "rate": info_rate, "width": int(size[1]), "height": int(size[0]),
-            "mask": writers["mask"].path, "overlay": writers["overlay"].path if overlay else None,
-            "frames_dir": frames_dir if frames_png else None, "foreground": fg / n}

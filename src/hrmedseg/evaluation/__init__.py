@@ -1,18 +1,4 @@
-"""Evaluation: per-image segmentation metrics with a documented empty-mask policy."""
-from __future__ import annotations
+"""Evaluation: a model on a dataset of images or 3-D cases, written as per-case tables and summaries.
 
-from .metrics import (
-    EMPTY_MASK_POLICY,
-    compute_metrics,
-    dice,
-    hausdorff,
-    hd95,
-    image_diagonal,
-    iou,
-    mae,
-    pixel_accuracy,
-    summarize,
-)
-
-__all__ = ["EMPTY_MASK_POLICY", "compute_metrics", "dice", "iou", "hausdorff", "hd95", "mae",
-           "pixel_accuracy", "summarize", "image_diagonal"]
+The metric definitions themselves are :mod:`hrmedseg.metrics`.
+"""

@@ -13,13 +13,18 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from .metrics import EMPTY_MASK_POLICY, compute_metrics, summarize
+from ..atomic import atomic_write_bytes
+from ..data.io import ImageReadError, read_image, read_mask, write_image_png
+from ..inference.visualize import prediction_overlay
+from ..metrics.segmentation import EMPTY_MASK_POLICY, compute_metrics, summarize
 
 PERCENT_KEYS = ("dice", "iou", "pixel_accuracy")
 
 
-def _nearest_resize(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+def nearest_resize(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Label map resized to ``hw`` by nearest neighbour (ground truth at the model's resolution)."""
     if mask.shape == hw:
         return mask
     rows = (np.arange(hw[0]) * mask.shape[0] / hw[0]).astype(np.int64)
@@ -39,11 +44,6 @@ def evaluate_rows(segmenter: Any, indexed: Sequence[tuple[int, Any]], hd: bool =
     Rows carry the sample's index so that shards evaluated by several processes can be merged
     back in order; overlays are written for samples whose index is below ``overlays``.
     """
-    from tqdm.auto import tqdm
-
-    from ..data.io import ImageReadError, read_image, read_mask, write_image_png
-    from ..inference.visualize import prediction_overlay
-
     nc = segmenter.num_classes
     rows: Rows = []
     rows_model: Rows = []
@@ -72,7 +72,7 @@ def evaluate_rows(segmenter: Any, indexed: Sequence[tuple[int, Any]], hd: bool =
                 prob = pr.probabilities[0] if nc == 1 else pr.probabilities
                 m = compute_metrics(pr.labels, gt, nc, probs=prob, hd=hd, class_names=class_names)
                 rows.append((idx, {"stem": s.stem, "height": gt.shape[0], "width": gt.shape[1], **m}))
-                gt_small = _nearest_resize(gt, pr.model_labels.shape)
+                gt_small = nearest_resize(gt, pr.model_labels.shape)
                 mm = compute_metrics(pr.model_labels, gt_small, nc, hd=hd, class_names=class_names)
                 rows_model.append((idx, {"stem": s.stem, **mm}))
                 if out_dir is not None and idx < overlays:
@@ -99,7 +99,6 @@ def summarize_rows(rows: Rows, rows_model: Rows, skipped: list[tuple[int, str]])
 
 def write_results(out_dir: Path, rows: Rows, rows_model: Rows, summary: dict[str, Any]) -> None:
     """``per_image.csv`` (both resolutions, in sample order) and ``summary.json``, atomically."""
-    from ..atomic import atomic_write_bytes
     _write_csv(Path(out_dir) / "per_image.csv", [r for _, r in sorted(rows, key=lambda t: t[0])],
                [r for _, r in sorted(rows_model, key=lambda t: t[0])])
     atomic_write_bytes(Path(out_dir) / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
@@ -118,7 +117,6 @@ def evaluate_samples(segmenter: Any, samples: Sequence[Any], out_dir: Path | Non
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]], rows_model: list[dict[str, Any]]) -> None:
-    from ..atomic import atomic_write_bytes
     keys: list[str] = []
     merged = []
     for r, rm in zip(rows, rows_model):

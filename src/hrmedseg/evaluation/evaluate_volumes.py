@@ -8,19 +8,19 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from tqdm.auto import tqdm
+
+from ..atomic import atomic_write_bytes
+from ..data.volumes import check_label_matches, read_volume, write_label_volume
+from ..inference.volume import predict_volume
+from ..metrics.segmentation import EMPTY_MASK_POLICY
+from ..metrics.volume import compute_volume_metrics, summarize_volumes, table2_report
+
 
 def evaluate_volume_cases(segmenter: Any, cases: Sequence[Any], class_names: list[str] | None,
                           out_dir: Path | None = None, axis: int = 2, window: str = "abdomen",
                           batch_size: int = 8, hd: bool = True, progress: bool = True) -> dict[str, Any]:
     """``cases``: objects with ``case``, ``image``, ``label`` paths (nnU-Net raw 3-D layout)."""
-    from tqdm.auto import tqdm
-
-    from ..atomic import atomic_write_bytes
-    from ..data.volumes import check_label_matches, read_volume, write_label_volume
-    from ..inference.volume import predict_volume
-    from .metrics import EMPTY_MASK_POLICY
-    from .volume_metrics import compute_volume_metrics, summarize_volumes, table2_report
-
     nc = segmenter.num_classes
     names = class_names or [str(i) for i in range(max(nc, 2))]
     rows: dict[str, dict[str, float]] = {}

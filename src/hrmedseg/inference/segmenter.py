@@ -187,7 +187,7 @@ class Segmenter:
                     for i, im in enumerate(images)]
         batch = torch.stack([self.preprocess(im) for im in images])
         lg = self.logits(batch)
-        from ..evaluation.torch_metrics import logits_to_labels
+        from ..metrics.tensor import logits_to_labels
         model_labels = logits_to_labels(lg).to(torch.uint8 if self.num_classes < 256 else torch.int32)
         out = []
         for i, im in enumerate(images):

@@ -11,12 +11,13 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_write_bytes
+from ..errors import HrmedsegError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-class InputSizeError(ValueError):
+class InputSizeError(HrmedsegError, ValueError):
     """An input whose height/width the model cannot take; the message states the rule."""
 
 
@@ -35,7 +36,7 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
 
 
-class CheckpointingError(ValueError):
+class CheckpointingError(HrmedsegError, ValueError):
     """A gradient-checkpointing request the model cannot honour (the message says why)."""
 
 

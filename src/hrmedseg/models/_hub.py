@@ -9,10 +9,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import HrmedsegError
 from ._base import CONFIG_NAME, WEIGHTS_NAME
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(HrmedsegError, RuntimeError):
     """A model folder or weight file that cannot be used; the message names the file."""
 
 

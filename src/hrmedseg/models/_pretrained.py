@@ -17,10 +17,12 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import HrmedsegError
+
 WEIGHTS_INDEX = "weights.json"
 
 
-class PretrainedWeightError(RuntimeError):
+class PretrainedWeightError(HrmedsegError, RuntimeError):
     """No weight for a model, a missing file or a checksum that does not match."""
 
 

@@ -12,11 +12,13 @@ from typing import Any, Callable
 
 from torch import nn
 
+from ..errors import HrmedsegError
+
 __all__ = ["register_model", "create_model", "list_models", "is_model", "model_info",
            "ModelInfo", "UnknownModelError"]
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(HrmedsegError, KeyError):
     """Raised for a model name that is not registered; the message lists close names."""
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable

@@ -53,7 +53,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..errors import first_line
+from ..errors import HrmedsegError, first_line
 from ._base import InputSizeError, SegmentationModel, check_checkpoint_fraction
 from ._pretrained import load_pretrained
 from ._registry import register_model
@@ -63,7 +63,7 @@ __all__ = ["BaselineConfig", "LibraryModel", "MissingDependencyError", "SMP_EXTR
 SMP_EXTRA_HINT = "pip install 'hrmedseg[baselines]'"
 
 
-class MissingDependencyError(ImportError):
+class MissingDependencyError(HrmedsegError, ImportError):
     """A baseline whose library is not installed (or does not import); one line saying what to do."""
 
 

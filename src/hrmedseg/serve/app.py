@@ -25,6 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..errors import HrmedsegError
 from .batching import DynamicBatcher, QueueFull
 from .decode import UploadError, decode_upload
 
@@ -54,7 +55,7 @@ _OPENAPI_UPLOAD = {
 }
 
 
-class ApiError(Exception):
+class ApiError(HrmedsegError):
     def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
         self.status = status
         self.message = " ".join(str(message).split()) or "error"

@@ -19,8 +19,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..errors import HrmedsegError
 
-class QueueFull(RuntimeError):
+
+class QueueFull(HrmedsegError, RuntimeError):
     """The request queue is full; retry after ``retry_after`` seconds."""
 
     def __init__(self, retry_after: int) -> None:

@@ -20,9 +20,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..data import io as hio
+from ..errors import HrmedsegError
 
 
-class UploadError(ValueError):
+class UploadError(HrmedsegError, ValueError):
     """A client error: ``status`` is the HTTP status, ``str()`` one line."""
 
     def __init__(self, status: int, message: str) -> None:

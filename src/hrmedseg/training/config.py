@@ -23,9 +23,10 @@ from typing import Any
 import yaml
 
 from ..compiling import COMPILE_MODES
+from ..errors import HrmedsegError
 
 
-class ConfigError(ValueError):
+class ConfigError(HrmedsegError, ValueError):
     """A configuration file or override that cannot be used (message names the key)."""
 
 
@@ -170,7 +171,7 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     return value
 
 
-def _merge(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
+def apply_overrides(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in data.items():
@@ -181,7 +182,7 @@ def _merge(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"{path}: expected a section (mapping), got {value!r}")
-            _merge(current, value, path + ".")
+            apply_overrides(current, value, path + ".")
         else:
             setattr(obj, key, _coerce(value, hints[key], path))
 
@@ -230,7 +231,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"{p}: config file not found")
         data = read_yaml_mapping(p)
         data.pop("recipe", None)
-        _merge(cfg, data)
+        apply_overrides(cfg, data)
     for ov in overrides:
         keys, value = parse_override(ov)
         nested: dict[str, Any] = {}
@@ -238,7 +239,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         for k in keys[:-1]:
             cur = cur.setdefault(k, {})
         cur[keys[-1]] = value
-        _merge(cfg, nested)
+        apply_overrides(cfg, nested)
     validate(cfg)
     return cfg
 

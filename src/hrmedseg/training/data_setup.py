@@ -96,7 +96,7 @@ def build_datasets(cfg: Config, num_classes: int, in_chans: int) -> RunData:
 def build_volume_datasets(cfg: Config, num_classes: int, in_chans: int) -> RunData:
     """Slices of 3-D cases; splits are made by case, so no case is in two splits."""
     from ..data.transforms import eval_transform, train_transform
-    from .volume_data import VolumeSliceDataset, discover_volume_cases
+    from ..data.volume_slices import VolumeSliceDataset, discover_volume_cases
 
     d = cfg.data
     try:
@@ -114,7 +114,7 @@ def build_volume_datasets(cfg: Config, num_classes: int, in_chans: int) -> RunDa
 
     train = make(train_c, train_transform(size, d.augment))
     val = make(val_c, eval_transform(size)) if val_c else None
-    # Test cases are evaluated per volume (hrmedseg.evaluation.volume_metrics), not by the 2-D
+    # Test cases are evaluated per volume (hrmedseg.metrics.volume), not by the 2-D
     # per-image evaluation of the trainer, so they are not returned here.
     pre = {"size": list(size), "normalize": d.normalize, "window": d.window, "axis": d.axis}
     return RunData(train, val, None, train.class_names, pre)

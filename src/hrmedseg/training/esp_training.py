@@ -671,7 +671,7 @@ class ESPTrainer:
         """Prompt-free Dice/IoU (%) at the model resolution on every val split."""
         from ..data.datasets import collate_segmentation
         from ..data.gpu_normalize import normalize_batch
-        from ..evaluation.torch_metrics import logits_to_labels, per_image_dice_iou
+        from ..metrics.tensor import logits_to_labels, per_image_dice_iou
         self._prepare_datasets()
         out: dict[str, float] = {}
         dices, ious = [], []

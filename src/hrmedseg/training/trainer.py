@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..compiling import uses_cudagraphs
-from ..evaluation.torch_metrics import logits_to_labels, per_image_dice_iou
+from ..metrics.tensor import logits_to_labels, per_image_dice_iou
 from ..models._base import CheckpointingError
 from ..provenance import source_commit
 from .metrics_log import append_csv_row

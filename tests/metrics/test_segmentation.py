@@ -1,4 +1,4 @@
-"""Tests for hrmedseg.evaluation.metrics against MONAI, plus the empty-mask policy."""
+"""Tests for hrmedseg.metrics.segmentation against MONAI, plus the empty-mask policy."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hrmedseg.evaluation.metrics import (
+from hrmedseg.metrics.segmentation import (
     EMPTY_MASK_POLICY,
     compute_metrics,
     dice,

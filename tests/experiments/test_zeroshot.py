@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from hrmedseg.data.datasets import discover_pairs
-from hrmedseg.evaluation.zeroshot import build_zeroshot_model, evaluate_zeroshot, zeroshot_predict
+from hrmedseg.experiments.zeroshot import build_zeroshot_model, evaluate_zeroshot, zeroshot_predict
 from hrmedseg.models._registry import create_model
 from hrmedseg.models.sam import to_sam_state_dict
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from hrmedseg.evaluation.volume_metrics import (compute_volume_metrics, hausdorff3d, table2_report,
+from hrmedseg.metrics.volume import (compute_volume_metrics, hausdorff3d, table2_report,
                                                 volume_diagonal)
 
 SPACING = (0.7, 0.9, 2.5)

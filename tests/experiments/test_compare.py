@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 from _trainutils import make_dataset  # noqa: E402
 
 from hrmedseg.cli.main import main  # noqa: E402
-from hrmedseg.evaluation import compare as compare_mod  # noqa: E402
+from hrmedseg.experiments import compare as compare_mod  # noqa: E402
 
 TINY_HRMEDSEG = {"embed_dim": 24, "depth": 2, "num_heads": [6, 6, 6], "neck_dim": 32,
                  "decoder_heads": 4, "decoder_mlp_dim": 32}

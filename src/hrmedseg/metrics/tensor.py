@@ -1,6 +1,6 @@
 """Batched Dice/IoU on label maps in torch, for validation during training (GPU friendly).
 
-Same per-image definitions and empty-mask policy as :mod:`hrmedseg.evaluation.metrics`
+Same per-image definitions and empty-mask policy as :mod:`hrmedseg.metrics.segmentation`
 (both empty → 1); the numpy module is the reference and the test checks they agree.
 """
 from __future__ import annotations

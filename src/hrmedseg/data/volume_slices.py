@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..data.io import ImageReadError, normalize
-from ..data.volumes import (Volume, apply_window, check_label_matches, get_slice, num_slices,
+from .io import ImageReadError, normalize
+from .volumes import (Volume, apply_window, check_label_matches, get_slice, num_slices,
                             read_nifti_volume)
 
 __all__ = ["VolumeCase", "discover_volume_cases", "VolumeSliceDataset", "case_of", "read_label_names"]

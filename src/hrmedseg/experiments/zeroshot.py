@@ -10,7 +10,7 @@ the logits, threshold 0). The image encoder is either the teacher's own TinyViT
 (``RUN/student`` → HRMedSegSAM with that encoder and neck). An image whose ground truth is empty
 gets no prompt and an empty prediction.
 
-Metrics are :func:`~hrmedseg.evaluation.metrics.compute_metrics` (as ``hrmedseg evaluate``): at
+Metrics are :func:`~hrmedseg.metrics.segmentation.compute_metrics` (as ``hrmedseg evaluate``): at
 the original resolution, and at the "model resolution" = the image resized so its longest side
 is the SAM input size (before padding; ground truth resized nearest-neighbour). Output:
 ``per_image.csv``, ``summary.json`` and overlays, as ``hrmedseg evaluate`` writes them.
@@ -24,8 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .evaluate import _nearest_resize, summarize_rows, write_results
-from .metrics import compute_metrics
+from ..evaluation.evaluate import nearest_resize, summarize_rows, write_results
+from ..metrics.segmentation import compute_metrics
 
 __all__ = ["build_zeroshot_model", "zeroshot_predict", "evaluate_zeroshot"]
 
@@ -162,7 +162,7 @@ def evaluate_zeroshot(model: Any, samples: Sequence[Any], out_dir: str | Path | 
             rows.append((idx, {"stem": s.stem, "height": gt.shape[0], "width": gt.shape[1],
                                "n_boxes": int(pr["boxes"].shape[0]), **m}))
             small = (pr["logits_model"] > 0).numpy().astype(np.uint8)
-            mm = compute_metrics(small, _nearest_resize(gt, small.shape), 1, hd=hd)
+            mm = compute_metrics(small, nearest_resize(gt, small.shape), 1, hd=hd)
             rows_model.append((idx, {"stem": s.stem, **mm}))
             if out_dir is not None and idx < overlays:
                 write_image_png(Path(out_dir) / "overlays" / f"{s.stem}.png",

@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 
 from ..errors import first_line
-from ..training.config import Config, ConfigError, _merge, load_config
+from ..training.config import Config, ConfigError, apply_overrides, load_config
 
 __all__ = ["CompareSpec", "ModelEntry", "load_compare", "build_configs", "run_compare",
            "format_compare_markdown"]
@@ -128,9 +128,9 @@ def build_configs(spec: CompareSpec, out_dir: str | Path | None = None) -> dict[
     for e in spec.models:
         cfg = load_config(spec.recipe)
         try:
-            _merge(cfg, spec.overrides)
-            _merge(cfg, {"model": {"name": e.name}})
-            _merge(cfg, e.overrides)
+            apply_overrides(cfg, spec.overrides)
+            apply_overrides(cfg, {"model": {"name": e.name}})
+            apply_overrides(cfg, e.overrides)
         except ConfigError as exc:
             raise ConfigError(f"{e.label}: {exc}") from None
         strings = [*spec.override_strings, *e.override_strings, f"train.out_dir={root / e.label}"]

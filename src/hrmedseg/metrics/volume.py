@@ -1,6 +1,6 @@
 """Per-volume, per-class Dice, IoU, HD and HD95 in millimetres (3-D surfaces), and a Table-2 report.
 
-Definitions are those of :mod:`hrmedseg.evaluation.metrics`, in 3-D: surfaces are the foreground
+Definitions are those of :mod:`hrmedseg.metrics.segmentation`, in 3-D: surfaces are the foreground
 voxels removed by one binary erosion (6-connected structuring element, outside the volume counts as
 background); distances are Euclidean in mm (``scipy.ndimage.distance_transform_edt`` with the voxel
 ``spacing``) from each surface voxel to the nearest surface voxel of the other mask; HD95 is the 95th
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import EMPTY_MASK_POLICY
+from .segmentation import EMPTY_MASK_POLICY
 
 __all__ = ["EMPTY_MASK_POLICY", "volume_diagonal", "dice3d", "iou3d", "hausdorff3d",
            "compute_volume_metrics", "summarize_volumes", "table2_report"]
