@@ -12,7 +12,7 @@ import importlib.util
 import sys
 
 VERBS = ("models", "profile", "benchmark", "check_dataset", "train", "evaluate", "predict",
-         "compare", "export", "serve", "distill", "zeroshot", "train_esp")
+         "compare", "export", "serve", "distill", "zeroshot", "train_esp", "reproduce")
 
 
 class UserError(Exception):

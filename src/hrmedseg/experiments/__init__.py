@@ -1,0 +1,1 @@
+"""Experiments built on the training and evaluation layers: reproductions of the papers' table rows."""
