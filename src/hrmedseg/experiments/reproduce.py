@@ -23,7 +23,9 @@ weights are tested, as in QTSeg.
 Metrics come from :func:`hrmedseg.evaluation.evaluate.evaluate_samples` on the test split,
 per image then averaged, at the row's ``resolution`` (the papers resize to the model input and
 evaluate there: ``model_resolution``). Dice, IoU, MAE and pixel accuracy are given in percent,
-as the papers print them; HD/HD95 in pixels.
+as the papers print them; HD/HD95 in pixels. ``gpu_seconds`` is the wall time of the calls that
+trained and tested the row's runs (model building, training, validation, test), summed over
+calls and runs, on the device the runs used.
 """
 from __future__ import annotations
 
@@ -40,9 +42,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
+from ..atomic import atomic_write_bytes
+from ..data.datasets import discover_pairs
+from ..provenance import source_commit
+from ..training.checkpoint import find_checkpoint, load_state
 from ..training.config import Config, ConfigError, load_config, parse_override
+from ..training.esp_training import ESPTrainConfig, train_esp
+from ..training.run import train
 
 PROTOCOL_FIELDS = ("epochs", "optimizer", "lr", "schedule", "batch", "size", "split", "loss",
                    "pretrained", "normalisation")
@@ -404,7 +413,6 @@ class RunOutcome:
 
 
 def _device_name(device: str) -> str:
-    import torch
     if device in ("auto", "cuda") or device.startswith("cuda"):
         if torch.cuda.is_available():
             return torch.cuda.get_device_name(0 if device in ("auto", "cuda") else device)
@@ -424,7 +432,6 @@ def train_and_test(spec: RunSpec, run_dir: Path, dataset: str, minutes: float | 
     """
     t0 = time.monotonic()
     if spec.task == "esp":
-        from ..training.esp_training import ESPTrainConfig, train_esp
         kw = dict(spec.esp, out_dir=str(run_dir), time_limit_min=minutes or 0.0)
         try:
             esp_cfg = ESPTrainConfig(**kw)
@@ -436,8 +443,6 @@ def train_and_test(spec: RunSpec, run_dir: Path, dataset: str, minutes: float | 
                 for name, v in (summary.get("test") or {}).items()}
         device = esp_cfg.device
     else:
-        from ..training.checkpoint import find_checkpoint, load_state
-        from ..training.run import train
         cfg = spec.config
         assert cfg is not None
         cfg.train.out_dir = str(run_dir)
@@ -465,13 +470,11 @@ def _read_json(p: Path) -> dict[str, Any]:
 
 
 def _write_json(p: Path, data: dict[str, Any]) -> None:
-    from ..atomic import atomic_write_bytes
     atomic_write_bytes(p, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def _check_data(row: Row, data_dir: str | Path) -> None:
     """Every dataset of the row is a readable layout, before any training starts."""
-    from ..data.datasets import discover_pairs
     for name in row.datasets():
         root = dataset_root(data_dir, name, len(row.datasets()) == 1)
         try:
@@ -558,7 +561,6 @@ def build_result(row: Row, units: list[Unit], records: dict[tuple[str, str], dic
                  out: Path, specs: list[RunSpec]) -> dict[str, Any]:
     """The row's result file (keys :data:`RESULT_KEYS`, then ``row``, ``metrics``,
     ``paper_values``, ``paper_dataset``, ``resolution``, ``runs``)."""
-    from ..provenance import source_commit
     labels = list(dict.fromkeys(u.label for u in units))
     arms = row.all_arms()
 
@@ -685,5 +687,4 @@ def format_report(rows: list[Row], results_dir: str | Path, link_from: str | Pat
 def write_report(results_dir: str | Path, out_path: str | Path, rows: list[Row] | None = None) -> Path:
     out = Path(out_path)
     text = format_report(list_rows() if rows is None else rows, results_dir, out.parent)
-    from ..atomic import atomic_write_bytes
     return atomic_write_bytes(out, text.encode())
