@@ -141,6 +141,9 @@ def test_time_limited_run_resumes_to_the_uninterrupted_numbers(data, tmp_path, m
     assert a["ours_mean"] == pytest.approx(statistics.fmean(ref.values()), abs=1e-4)
     assert a["ours_std"] == pytest.approx(statistics.stdev(ref.values()), abs=1e-4)
     assert a["protocol"]["epochs"] == 2 and a["paper_protocol"]["epochs"] == 200
+    assert a["deviations"][-2] == "Ran seed0, seed1, not the row's seed0, seed1, seed2."
+    assert a["deviations"][-1].startswith("Run with these changes to the row's configuration: "
+                                          "data.workers=0, train.precision=fp32")
     # finished runs are read back, never retrained
     monkeypatch.setattr(rp, "train_and_test", lambda *a, **k: pytest.fail("retrained a finished run"))
     again = rp.run_row("hrmedseg-t1-dsb2018", data, tmp_path / "cut", **kw)
@@ -213,3 +216,21 @@ def test_esp_rows_resolve_teacher_against_the_weights_folder(tmp_path):
     other = rp.load_row("espmedsam-t1-drive")
     assert rp.spec_digest(spec) == rp.spec_digest(rp.build_spec(other, other.units()[0], None,
                                                                 weights_dir=tmp_path))
+
+
+def test_pretraining_row_reports_the_gain_per_seed(data, tmp_path, monkeypatch):
+    """Table 5 "P": per seed, Dice with the distilled encoder minus Dice from scratch; the
+    trainer is replaced by known test scores per (pretrained, seed)."""
+    dice = {("default", 0): 0.91, ("none", 0): 0.89, ("default", 1): 0.90, ("none", 1): 0.895}
+
+    def fake(spec, run_dir, dataset, minutes):
+        d = dice[(spec.config.model.pretrained, spec.config.train.seed)]
+        return rp.RunOutcome(True, {dataset: {"model_resolution": {"dice": d}}}, 2.0, "cpu")
+
+    monkeypatch.setattr(rp, "train_and_test", fake)
+    st = rp.run_row("hrmedseg-t5-pretraining-dsb2018", data, tmp_path, seeds=[0, 1])
+    res = json.loads(Path(st["result"]).read_text())
+    assert res["ours"] == pytest.approx({"seed0": 2.0, "seed1": 0.5})
+    assert res["ours_mean"] == pytest.approx(1.25) and res["ours_std"] == pytest.approx(1.5 / 2 ** 0.5, abs=1e-4)
+    assert res["metrics"]["dice/scratch"]["per_run"] == pytest.approx({"seed0": 89.0, "seed1": 89.5})
+    assert res["gpu_seconds"] == 8.0 and len(res["runs"]) == 4

@@ -25,7 +25,7 @@ per image then averaged, at the row's ``resolution`` (the papers resize to the m
 evaluate there: ``model_resolution``). Dice, IoU, MAE and pixel accuracy are given in percent,
 as the papers print them; HD/HD95 in pixels. ``gpu_seconds`` is the wall time of the calls that
 trained and tested the row's runs (model building, training, validation, test), summed over
-calls and runs, on the device the runs used.
+calls and runs, on the device the runs used (a run shared by several rows counts in each).
 """
 from __future__ import annotations
 
@@ -547,6 +547,13 @@ def run_row(row_id: str, data_dir: str | Path, out_dir: str | Path,
     status: dict[str, Any] = {"row": row.id, "done": len(records), "total": len(units), "result": None}
     if len(records) == len(units):
         result = build_result(row, units, records, out, specs)
+        wanted = [u.label for u in row.units()]
+        if [u.label for u in units] != wanted:
+            result["deviations"].append(f"Ran {', '.join(dict.fromkeys(u.label for u in units))}, "
+                                        f"not the row's {', '.join(dict.fromkeys(wanted))}.")
+        if overrides:
+            result["deviations"].append("Run with these changes to the row's configuration: "
+                                        f"{', '.join(overrides)}.")
         path = out / f"{row.id}.json"
         _write_json(path, result)
         status["result"] = str(path)
@@ -564,9 +571,16 @@ def build_result(row: Row, units: list[Unit], records: dict[tuple[str, str], dic
     labels = list(dict.fromkeys(u.label for u in units))
     arms = row.all_arms()
 
+    folders = {(u.arm.name, u.label): run_folder(out, row, u, s) for u, s in zip(units, specs)}
+
     def value(arm: Arm, label: str, metric: str) -> float:
         rec = records[(arm.name, label)]
-        return _metric_value(rec["test"], row.dataset, row.resolution, metric, out / "runs")
+        return _metric_value(rec["test"], row.dataset, row.resolution, metric,
+                             folders[(arm.name, label)] / DONE_NAME)
+
+    def measured(metric: str) -> bool:
+        return all(metric in (r["test"].get(row.dataset) or {}).get(row.resolution, {})
+                   for r in records.values())
 
     per_metric: dict[str, dict[str, float]] = {}
     if row.combine == "difference":
@@ -575,8 +589,9 @@ def build_result(row: Row, units: list[Unit], records: dict[tuple[str, str], dic
         for arm in arms:
             per_metric[f"{row.base_metric}/{arm.name}"] = {lb: value(arm, lb, row.base_metric) for lb in labels}
     else:
-        for m in row.reported_metrics():
-            per_metric[m] = {lb: value(arms[0], lb, m) for lb in labels}
+        for m in row.reported_metrics():   # a secondary metric the runs skipped is left out
+            if m == row.metric or measured(m):
+                per_metric[m] = {lb: value(arms[0], lb, m) for lb in labels}
     metrics = {}
     for m, per in per_metric.items():
         mean, std = _mean_std(list(per.values()))
@@ -584,8 +599,7 @@ def build_result(row: Row, units: list[Unit], records: dict[tuple[str, str], dic
                       "mean": round(mean, 4), "std": round(std, 4)}
     primary = metrics[row.metric]
     devices = sorted({str(r.get("device")) for r in records.values()})
-    runs = {f"{a}/{lb}" if a else lb: os.path.relpath(run_folder(out, row, u, s), out)
-            for u, s in zip(units, specs) for a, lb in [(u.arm.name, u.label)]}
+    runs = {f"{a}/{lb}" if a else lb: os.path.relpath(f, out) for (a, lb), f in folders.items()}
     return {
         "paper": row.paper, "table": row.table, "dataset": row.dataset, "model": row.model,
         "metric": row.metric, "paper_value": row.paper_value, "ours": primary["per_run"],
