@@ -17,7 +17,7 @@ from ..errors import HrmedsegError, UserError
 __all__ = ["main", "build_parser", "USER_ERRORS", "UserError"]
 
 VERBS = ("models", "profile", "benchmark", "check_dataset", "train", "evaluate", "predict",
-         "compare", "export", "serve", "distill", "zeroshot", "train_esp")
+         "compare", "export", "serve", "distill", "zeroshot", "train_esp", "reproduce")
 
 
 # Errors a user can fix: the package's own (each says the whole story in its message) and the
