@@ -92,3 +92,43 @@ def test_dsb2018_weight_reproduces_its_recorded_per_image_dice(dsb_segmenter, na
     for k in ("dice", "iou"):
         assert got[k] == pytest.approx(float(want[k]), abs=2e-3), k
         assert got_model[k] == pytest.approx(float(want[f"{k}@model"]), abs=2e-3), k
+
+
+SHARED = ROOT.parent / "shared" if (ROOT.parent / "shared").is_dir() else Path("/work/shared")
+MOBILE_SAM = SHARED / "weights" / "mobile_sam.pt"
+
+
+def _heldout_images(n: int) -> list[Path]:
+    """The distillation's held-out images (its val split, listed in its config), from the
+    original dataset files: Kvasir-SEG and DSB-2018 alternately."""
+    cfg = json.loads((ROOT / "benchmarks" / "results" / "distill_mobilesam" / "distill_config.json").read_text())
+    stems = [Path(s).stem.split("__") for s in cfg["val_stems"]]
+    kv = [SHARED / "data" / "kvasir-seg" / "images" / f"{s}.jpg" for d, s in stems if d == "kvasir-seg"]
+    dsb = [SHARED / "data" / "dsb2018" / "images" / f"{s}.png" for d, s in stems if d == "dsb2018"]
+    assert len(kv) + len(dsb) == len(stems) == 166
+    return [p for pair in zip(kv, dsb) for p in pair][:n]
+
+
+@pytest.mark.parametrize("n, factor", [(1, 3.0), pytest.param(6, 1.5, marks=pytest.mark.slow)])
+def test_distilled_encoder_embedding_mse_against_mobilesam(n, factor):
+    """The shipped distilled encoder's embedding MSE against the real MobileSAM encoder on
+    held-out images, measured here (fp32, CPU), is near the recorded held-out MSE (a mean over
+    166 images; single images spread over about 0.4x-1.5x of it),"""
+    from hrmedseg.training.distill import load_rgb255
+    images = _heldout_images(n)
+    if not MOBILE_SAM.is_file() or not all(p.is_file() for p in images):
+        pytest.skip("MobileSAM checkpoint or the Kvasir-SEG / DSB-2018 images not available")
+    w = resolve_weight("hrmedseg", True)
+    summary = json.loads((ROOT / w.metrics["results"] / "summary.json").read_text())
+    recorded = w.metrics["heldout_embedding_mse"]
+    assert recorded == round(summary["best_val_mse"], 5)
+    teacher = hrmedseg.create_model("mobile_sam", pretrained=str(MOBILE_SAM)).eval()
+    student = hrmedseg.create_model("hrmedseg", pretrained=True).eval()
+    errors = []
+    with torch.no_grad():
+        for p in images:
+            x = teacher.preprocess(load_rgb255(p)[None])[0]        # SAM's resize + pad + normalise
+            y = teacher.image_embeddings(x)
+            errors.append(torch.mean((student.forward_embedding(x) - y) ** 2).item())
+    mse = sum(errors) / len(errors)
+    assert recorded / factor < mse < recorded * factor, (errors, recorded)
