@@ -32,7 +32,8 @@ WRONG_CHANGES: tuple[WrongChange, ...] = (
         (Edit("inference/tiling.py",
               "for (y, x), p in zip(chunk, probs):",
               "for (y, x), p in zip(chunk, probs[::-1]):"),),
-        ("tests/inference/test_tiling.py::test_stitched_identity_model_equals_direct_computation",),
+        ("tests/inference/test_tiling.py::test_stitched_identity_model_equals_direct_computation",
+         "tests/inference/test_predict_tile_cli.py"),
     ),
     WrongChange(
         "box-xy-swapped",
