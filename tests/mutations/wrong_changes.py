@@ -5,8 +5,6 @@ Each entry names the exact text it replaces (it must occur exactly once in its f
 makes that test fail until the entry is updated) and the tests expected to fail when the change
 is applied. ``run.py`` applies each change to a copy of ``src/`` and runs those tests.
 """
-from __future__ import annotations
-
 from dataclasses import dataclass
 
 
