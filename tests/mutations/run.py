@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="list the wrong changes and exit")
     ap.add_argument("--no-baseline", action="store_true",
                     help="skip the run of the selected tests on the unchanged copy")
+    ap.add_argument("--tests", nargs="+", metavar="NODE",
+                    help="run these tests instead of each change's listed ones")
     ap.add_argument("--timeout", type=int, default=600, help="per-test timeout (s)")
     ap.add_argument("-v", "--verbose", action="store_true", help="print pytest's output")
     args = ap.parse_args(argv)
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"the copy is not what the tests import (hrmedseg from {where!r})", file=sys.stderr)
             return 2
         if not args.no_baseline:
-            union = list(dict.fromkeys(t for c in changes for t in c.tests))
+            union = args.tests or list(dict.fromkeys(t for c in changes for t in c.tests))
             rc, out, dt = _pytest(src, union, args.timeout)
             if rc != 0:
                 print(out[-4000:])
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         for c in changes:
             originals = _apply(pkg, c)
             try:
-                rc, out, dt = _pytest(src, list(c.tests), args.timeout)
+                rc, out, dt = _pytest(src, args.tests or list(c.tests), args.timeout)
             finally:
                 for path, text in originals.items():
                     path.write_text(text)
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 missed.append(c.id)
                 why = "tests pass" if rc == 0 else f"pytest exit {rc} (no test failure)"
-                print(f"MISSED  {c.id:26s} {dt:6.1f} s  {why}: {' '.join(c.tests)}", flush=True)
+                print(f"MISSED  {c.id:26s} {dt:6.1f} s  {why}: {' '.join(args.tests or c.tests)}", flush=True)
         print(f"{len(changes) - len(missed)}/{len(changes)} wrong changes caught"
               + (f"; missed: {', '.join(missed)}" if missed else ""))
         return 1 if missed else 0
