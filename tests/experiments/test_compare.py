@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
@@ -49,9 +50,13 @@ def test_compare_two_tiny_models(tmp_path, capsys, monkeypatch):
     assert [r["label"] for r in rows] == ["hrmedseg_tiny", "unet_small"]
     js = json.loads((out / "compare.json").read_text())
     for r in js["rows"]:
-        assert 0.0 <= r["dice"]["mean"] <= 1.0 and r["dice"]["std"] >= 0.0
-        assert r["iou"]["mean"] <= r["dice"]["mean"] + 1e-9
-        assert "hd95" in r and r["params"] > 0 and r["macs_thop"] > 0
+        # the test metrics are the run's own test/summary.json at the model resolution
+        test = json.loads((out / r["label"] / "test" / "summary.json").read_text())
+        assert r["n_test"] == test["n_images"] == 2
+        for k in ("dice", "iou", "hd95"):
+            assert r[k] == {"mean": test["model_resolution"][k]["mean"],
+                            "std": test["model_resolution"][k]["std"]}, (r["label"], k)
+        assert r["params"] > 0 and r["macs_thop"] > 0
         assert r["peak_train_mem_per_image_gb"] is None and r["train_images_per_s"] is None  # CPU
         assert r["epochs_done"] == 1
     # per-model overrides reached the runs; each model has its own run folder
@@ -125,3 +130,42 @@ def test_compare_keeps_the_others_when_one_training_fails(tmp_path):
     labels = [r["label"] for r in res["rows"]]
     assert labels[0] == "hrmedseg_tiny" and labels[1].startswith("unet_small (failed: RuntimeError")
     assert "| hrmedseg_tiny |" in res["markdown"] and "illegal memory access" in res["markdown"]
+
+
+@pytest.mark.parametrize("resolution", ["model_resolution", "original_resolution"])
+def test_compare_rows_equal_each_runs_test_summary(tmp_path, resolution):
+    """Each row's Dice/IoU/HD95 (mean and std) and image count are those of its run's
+    test/summary.json at the configured resolution (the two resolutions hold different numbers)."""
+    spec = {"recipe": "paper", "out_dir": str(tmp_path / "cmp"), "resolution": resolution,
+            "profile": {"enabled": False},
+            "overrides": {"data": {"root": str(tmp_path / "nodata"), "size": [32, 32]},
+                          "train": {"epochs": 1, "device": "cpu"}},
+            "models": [{"name": "hrmedseg", "label": "a"}, {"name": "unet_small", "label": "b"}]}
+    path = tmp_path / "cmp.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    written = {}
+
+    def fake_train(cfg):
+        run = Path(cfg.train.out_dir)
+        seed = len(written) + 1
+        test = {"n_images": 5 + seed,
+                **{res: {k: {"mean": round(0.1 * seed + 0.01 * j + 0.3 * (res == "original_resolution"), 6),
+                             "std": round(0.001 * seed + 0.002 * j + 0.05 * (res == "original_resolution"), 6)}
+                         for j, k in enumerate(("dice", "iou", "hd95"))}
+                   for res in ("model_resolution", "original_resolution")}}
+        (run / "test").mkdir(parents=True)
+        (run / "test" / "summary.json").write_text(json.dumps(test))
+        (run / "summary.json").write_text(json.dumps({"epochs_done": 1}))
+        written[run.name] = test
+        return {"epochs_done": 1}
+
+    res = compare_mod.run_compare(compare_mod.load_compare(path), train_fn=fake_train, log=lambda s: None)
+    assert [r["label"] for r in res["rows"]] == ["a", "b"] and set(written) == {"a", "b"}
+    for r in res["rows"]:
+        test = written[r["label"]]
+        assert r["n_test"] == test["n_images"]
+        for k in ("dice", "iou", "hd95"):
+            assert r[k] == test[resolution][k], (r["label"], k)
+    js = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert js["resolution"] == resolution
+    assert [r["dice"] for r in js["rows"]] == [written["a"][resolution]["dice"], written["b"][resolution]["dice"]]

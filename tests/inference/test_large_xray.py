@@ -16,4 +16,9 @@ def test_predict_4020x4892_16bit(tmp_path, capsys):
                  "--device", "cpu", "--size", "256", "--no-overlay"]) == 0
     mask = np.asarray(Image.open(out / "xray_mask.png"))
     assert mask.shape == (h, w)
+    # the library's prediction of the same 16-bit array (foreground written as 255)
+    from hrmedseg.inference import Segmenter
+    ref = Segmenter("hrmedseg", device="cpu", size=256).predict(img)
+    assert 0.001 < ref.labels.mean() < 0.999
+    np.testing.assert_array_equal(mask, ref.labels * np.uint8(255))
     assert "4020x4892" in capsys.readouterr().out

@@ -206,3 +206,30 @@ def test_compile_option_wraps_the_model_and_keeps_predictions(tiny, monkeypatch)
     np.testing.assert_array_equal(out.labels, ref.labels)
     with pytest.raises(ValueError, match="compile must be one of"):
         Segmenter(tiny, device="cpu", compile="fastest")
+
+
+@pytest.mark.parametrize("tile, overlap, tile_batch", [((64, 48), 0.25, 4), ((64, 48), 0.5, 5),
+                                                       ((40, 40), 0.25, 3)])
+def test_stitched_identity_model_equals_direct_computation(tile, overlap, tile_batch):
+    """A model whose logits are the first input channel (normalize "none") makes the tiled
+    result computable without tiles: sigmoid (one class) or softmax over (c, -c) (two classes)
+    of the image itself, wherever the tile sits. A non-square image of several tiles, with
+    overlap and Gaussian blending, in batches that do not divide the tile count."""
+    h, w = 150, 230
+    rng = np.random.default_rng(1)
+    img = rng.uniform(-4, 4, (h, w, 2)).astype(np.float32)
+    rows, cols = tile_starts(h, tile[0], overlap), tile_starts(w, tile[1], overlap)
+    n_tiles = len(rows) * len(cols)
+    assert len(rows) > 2 and len(cols) > 2 and n_tiles % tile_batch != 0
+    res = predict_tiled(lambda b: b[:, :1].clone(), img, tile, in_chans=2, normalize="none",
+                        overlap=overlap, tile_batch=tile_batch)
+    assert res.num_tiles == n_tiles
+    want = 1.0 / (1.0 + np.exp(-img[..., 0].astype(np.float64)))
+    np.testing.assert_allclose(res.probabilities[0], want, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(res.labels, (want > 0.5).astype(np.uint8))
+
+    two = predict_tiled(lambda b: torch.cat([b[:, :1], -b[:, :1]], 1), img, tile, in_chans=2,
+                        num_classes=2, normalize="none", overlap=overlap, tile_batch=tile_batch)
+    e = np.exp(2 * img[..., 0].astype(np.float64))
+    np.testing.assert_allclose(two.probabilities[0], e / (1 + e), rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(two.labels, (img[..., 0] < 0).astype(np.uint8))

@@ -66,6 +66,11 @@ def test_nifti_volume_through_predict_keeps_geometry(tmp_path, capsys):
     assert "volume 40x32x6" in capsys.readouterr().out
     a, b = nib.load(src), nib.load(out / "ct_labels.nii.gz")
     assert b.shape == a.shape
+    # the labels are the library's slice-wise prediction of the volume, in the input's voxel order
+    ref = predict_volume(Segmenter("hrmedseg", device="cpu", size=64), read_volume(src),
+                         axis=2, window="abdomen")
+    assert 0.001 < ref.mean() < 0.999
+    np.testing.assert_array_equal(np.asarray(b.dataobj), ref)
     np.testing.assert_array_equal(b.affine, a.affine)
     np.testing.assert_array_equal(b.get_qform(), a.get_qform())
     np.testing.assert_array_equal(b.get_sform(), a.get_sform())

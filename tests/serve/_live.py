@@ -14,6 +14,17 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
+def launch_chromium(playwright):
+    """The system Chromium, headless. Installed but unable to start is a failure, not a skip:
+    the browser tests would otherwise pass silently on a machine where they never run."""
+    import pytest
+    try:
+        return playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    except Exception as exc:  # noqa: BLE001 - reported as the test's failure, in one line
+        pytest.fail(f"{CHROMIUM} is installed but does not start: {str(exc).splitlines()[0]}",
+                    pytrace=False)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,5 +1,6 @@
 """Real-browser test: headless Debian Chromium (via Playwright, system binary) against a real
-uvicorn on 127.0.0.1. Skips when chromium or playwright is missing."""
+uvicorn on 127.0.0.1. Skips when chromium or playwright is missing; fails when chromium is
+installed but does not start."""
 import io
 import os
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ._live import ARGS, CHROMIUM, DOCS, live_server
+from ._live import CHROMIUM, DOCS, launch_chromium, live_server
 
 if not os.path.exists(CHROMIUM):
     pytest.skip("chromium not installed (apt-get install chromium)", allow_module_level=True)
@@ -30,10 +31,7 @@ def test_page_upload_overlay_matches_api(server, sample_paths, tmp_path):
     want = np.asarray(Image.open(io.BytesIO(api.content)))
 
     with sync_api.sync_playwright() as p:
-        try:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        except Exception as exc:  # noqa: BLE001 - a broken browser install is not our failure
-            pytest.skip(f"chromium does not start: {exc}")
+        browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 820})
             page.goto(server + "/")

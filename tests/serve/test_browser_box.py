@@ -1,6 +1,7 @@
 """Real-browser test of the web page's box-prompt tool: headless Debian Chromium (Playwright,
 system binary) against a real uvicorn on 127.0.0.1 serving a tiny randomly initialised SAM
-(``tiny_sam`` from conftest.py). Skips when chromium or playwright is missing.
+(``tiny_sam`` from conftest.py). Skips when chromium or playwright is missing; fails when
+chromium is installed but does not start.
 
 The box is drawn by a real mouse drag on an image shown smaller than its size (and the canvas
 itself shrunk by CSS), so the page must map CSS pixels -> canvas pixels -> image pixels. Checked:
@@ -20,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from ._live import ARGS, CHROMIUM, DOCS, live_server
+from ._live import CHROMIUM, DOCS, launch_chromium, live_server
 
 if not os.path.exists(CHROMIUM):
     pytest.skip("chromium not installed (apt-get install chromium)", allow_module_level=True)
@@ -84,10 +86,7 @@ def box_server(tiny_sam):
 @pytest.fixture(scope="module")
 def browser():
     with sync_api.sync_playwright() as p:
-        try:
-            b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        except Exception as exc:  # noqa: BLE001 - a broken browser install is not our failure
-            pytest.skip(f"chromium does not start: {exc}")
+        b = launch_chromium(p)
         try:
             yield b
         finally:
@@ -130,7 +129,7 @@ def _segment(page, server):
             for part in msg.get_payload()}
 
 
-def test_box_drawn_on_downscaled_preview(box_server, browser, tmp_path):
+def test_box_drawn_on_downscaled_preview(box_server, browser, tiny_sam, tmp_path):
     yy, xx = np.mgrid[:H, :W]
     img = np.empty((H, W, 3), np.uint8)
     img[:] = (0, 60, 90)
@@ -176,6 +175,12 @@ def test_box_drawn_on_downscaled_preview(box_server, browser, tmp_path):
     assert api.status_code == 200, api.text
     want_mask = np.asarray(Image.open(io.BytesIO(api.content)))
     assert want_mask.shape == (H, W) and set(np.unique(want_mask)) == {0, 255}
+    # ... which is the model's own box-prompted mask for the box in image pixels (x, y not swapped)
+    tiny_sam.eval()
+    with torch.inference_mode():
+        direct = tiny_sam.predict_boxes(torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1)[None],
+                                        [torch.tensor(sent, dtype=torch.float32)])
+    np.testing.assert_array_equal(want_mask > 0, (direct[0, 0] > tiny_sam.config.mask_threshold).numpy())
     assert page.get_attribute("#view", "data-mask-sha256") == hashlib.sha256(api.content).hexdigest()
     np.testing.assert_array_equal(_b64(page, READ_MASK).reshape(H, W), want_mask)
 
