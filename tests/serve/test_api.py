@@ -290,3 +290,15 @@ def test_4000x5000_upload_gives_full_size_mask(client):
     assert r.status_code == 200, r.text
     assert Image.open(io.BytesIO(r.content)).size == (4000, 5000)
     assert r.headers["X-Image-Width"] == "4000" and r.headers["X-Image-Height"] == "5000"
+
+
+def test_access_log_one_line_per_request(client, caplog):
+    import logging
+    with caplog.at_level(logging.INFO, logger="hrmedseg.serve.access"):
+        client.get("/healthz")
+        client.get("/nope")
+    lines = [r.getMessage() for r in caplog.records if r.name == "hrmedseg.serve.access"]
+    assert len(lines) == 2
+    method, path, status, ms, unit = lines[0].split()
+    assert (method, path, status, unit) == ("GET", "/healthz", "200", "ms") and float(ms) >= 0
+    assert lines[1].split()[:3] == ["GET", "/nope", "404"]

@@ -5,7 +5,8 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("check-dataset", help="verify a dataset: pairs, sizes, label values, readability")
+    from ._common import add_verb
+    p = add_verb(sub, "check-dataset", help="verify a dataset: pairs, sizes, label values, readability")
     p.add_argument("root", help="dataset folder (images/ + masks/, nnU-Net raw or DRIVE layout)")
     p.add_argument("--num-classes", type=int, default=None, help="expected classes (default: infer)")
     p.set_defaults(func=run, verb="check_dataset")

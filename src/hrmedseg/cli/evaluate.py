@@ -14,16 +14,18 @@ from typing import Any
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="Dice, IoU, HD, HD95, MAE, accuracy per image and in summary")
+    from ._common import add_batch_size, add_device_argument, add_verb
+    p = add_verb(sub, "evaluate", help="Dice, IoU, HD, HD95, MAE, accuracy per image and in summary")
     p.add_argument("model", help="run folder, saved model folder, or name[:pretrained-tag]")
     p.add_argument("--data", required=True, help="dataset folder")
-    p.add_argument("--split", default="test", help="split name in splits.json, or 'all' (default test)")
+    p.add_argument("--split", default="test", help="split name in splits.json, or 'all'")
     p.add_argument("--splits", help="splits JSON (default DATA/splits.json)")
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
-    p.add_argument("--device", default="auto")
+    add_device_argument(p)
     p.add_argument("--size", type=int, nargs="+", help="model input size (default: as trained)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision of the forward pass")
+    add_batch_size(p, 4)
     p.add_argument("--no-hd", action="store_true", help="skip Hausdorff distances (faster)")
     p.add_argument("--overlays", type=int, default=8, help="write this many overlay PNGs")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable pairs instead of stopping")
@@ -35,8 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.evaluate import evaluate_samples, format_summary
     from ..inference.segmenter import Segmenter
-    from ._common import samples_for_split
+    from ._common import device_arg, samples_for_split
 
+    args.device = device_arg(args.device)
     if _is_volume_dataset(Path(args.data)):
         return _run_volumes(args)
     index, samples = samples_for_split(args.data, args.split, args.splits)
@@ -45,9 +48,15 @@ def run(args: argparse.Namespace) -> int:
         return _run_sharded(args, samples, size, index.class_names)
     seg = Segmenter(args.model, device=args.device, size=size, precision=args.precision,
                     batch_size=args.batch_size)
-    res = evaluate_samples(seg, samples, out_dir=args.out, hd=not args.no_hd, overlays=args.overlays,
-                           class_names=index.class_names,
-                           on_error="skip" if args.skip_bad else "raise")
+    from ..data.io import ImageReadError
+    from .main import UserError
+    try:
+        res = evaluate_samples(seg, samples, out_dir=args.out, hd=not args.no_hd,
+                               overlays=args.overlays, class_names=index.class_names,
+                               on_error="skip" if args.skip_bad else "raise")
+    except ImageReadError as exc:
+        raise UserError(f"{str(exc).strip().splitlines()[0]} "
+                        "(pass --skip-bad to skip unreadable pairs)") from None
     print(format_summary(res, "model_resolution"))
     print(format_summary(res, "original_resolution"))
     print(f"wrote {args.out / 'per_image.csv'} and {args.out / 'summary.json'}")

@@ -39,7 +39,7 @@ def evaluate_rows(segmenter: Any, indexed: Sequence[tuple[int, Any]], hd: bool =
     Rows carry the sample's index so that shards evaluated by several processes can be merged
     back in order; overlays are written for samples whose index is below ``overlays``.
     """
-    from tqdm.auto import tqdm
+    from ..progress import progress as progress_bar
 
     from ..data.io import ImageReadError, read_image, read_mask, write_image_png
     from ..inference.visualize import prediction_overlay
@@ -49,7 +49,7 @@ def evaluate_rows(segmenter: Any, indexed: Sequence[tuple[int, Any]], hd: bool =
     rows_model: Rows = []
     skipped: list[tuple[int, str]] = []
     bs = max(1, segmenter.batch_size)
-    bar = tqdm(total=len(indexed), desc="evaluate", unit="img", disable=not progress)
+    bar = progress_bar(total=len(indexed), desc="evaluate", unit="img", disable=not progress)
     for start in range(0, len(indexed), bs):
         chunk, images, gts = [], [], []
         for idx, s in indexed[start:start + bs]:
