@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -629,6 +630,38 @@ class PreResizeCache:
             return False
 
 
+def label_value_problem(labels: np.ndarray | Sequence[int], num_classes: int,
+                        ignore_index: int | None = None) -> str | None:
+    """Why a mask's labels do not fit a model of ``num_classes`` outputs, or None if they do.
+
+    ``labels`` are a mask as :func:`read_mask` returns it (0/255 and 0/1 both read as {0, 1}) or
+    its distinct values. Binary models (``num_classes`` 1 or 2) take {0, 1}; others 0..K-1;
+    ``ignore_index`` is allowed besides.
+    """
+    values = np.unique(np.asarray(labels))
+    limit = 2 if num_classes <= 2 else num_classes
+    bad = values[(values < 0) | (values >= limit)]
+    if ignore_index is not None:
+        bad = bad[bad != ignore_index]
+    if not bad.size:
+        return None
+    shown = ", ".join(str(int(v)) for v in values[:12]) + (", ..." if values.size > 12 else "")
+    if num_classes <= 2:
+        return (f"mask has label values {{{shown}}} but the model is binary: "
+                "binary mask expected (values 0/1 or 0/255)")
+    return f"mask has label values {{{shown}}} but the model has {num_classes} classes (0..{num_classes - 1})"
+
+
+def _new_dirs(path: Path) -> Path | None:
+    """The topmost folder of ``path`` that does not exist yet (None if ``path`` exists)."""
+    top = None
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        top = p
+    return top
+
+
 def build_cache(
     samples: Sequence[Sample],
     size: int | Sequence[int],
@@ -638,6 +671,8 @@ def build_cache(
     on_error: Literal["raise", "skip"] = "raise",
     progress: bool | None = None,
     mask_threshold: float | None = None,
+    num_classes: int | None = None,
+    ignore_index: int | None = None,
 ) -> PreResizeCache:
     """Decode every pair once, resize to ``size`` ((h, w) or int) and store compact arrays.
 
@@ -649,12 +684,29 @@ def build_cache(
     ``size`` rebuilds everything. Not safe for two processes building the same folder at once.
     ``on_error="skip"`` leaves unreadable samples out of the cache (the dataset then reads them
     from source and applies its own ``on_error``). ``mask_threshold`` is passed to :func:`read_mask`.
-    """
-    from tqdm.auto import tqdm
 
+    With ``num_classes`` every mask's label values are checked too (:func:`label_value_problem`,
+    cached entries included), so a mask that does not fit the model is refused with its file
+    named before training starts; if the build fails, folders it created are removed again.
+    """
     hw = _as_hw(size)
     cdir = Path(cache_dir)
+    created = _new_dirs(cdir)
     cdir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _build_cache(samples, hw, cdir, num_workers, on_error, progress, mask_threshold,
+                            num_classes, ignore_index)
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _build_cache(samples: Sequence[Sample], hw: tuple[int, int], cdir: Path, num_workers: int,
+                 on_error: str, progress: bool | None, mask_threshold: float | None,
+                 num_classes: int | None, ignore_index: int | None) -> PreResizeCache:
+    from ..progress import progress as progress_bar
+
     entries: dict[str, dict[str, Any]] = {}
     try:
         old = PreResizeCache(cdir)
@@ -674,6 +726,24 @@ def build_cache(
 
     todo = [s for s in samples if not fresh(s)]
 
+    def labels_ok(s: Sample, values: Any) -> bool:
+        problem = None if num_classes is None else label_value_problem(values, num_classes, ignore_index)
+        if problem is None:
+            return True
+        if on_error == "raise":
+            raise ImageReadError(s.mask_path, problem)
+        log.warning("cache: skipping %s: %s", s.mask_path, problem)
+        return False
+
+    if num_classes is not None:   # reused entries were cached without knowing the model
+        for s in [s for s in samples if s.stem in entries and fresh(s)]:
+            e = entries[s.stem]
+            values = e.get("labels")
+            if values is None:
+                values = np.unique(np.load(cdir / e["mask_file"], mmap_mode="r"))
+            if not labels_ok(s, values):
+                entries.pop(s.stem)
+
     def work(s: Sample) -> tuple[str, dict[str, Any] | None]:
         try:
             sig = _signature([*s.image_paths, s.mask_path])
@@ -686,6 +756,9 @@ def build_cache(
                 raise
             log.warning("cache: skipping %s", exc)
             return s.stem, None
+        values = np.unique(mask)
+        if not labels_ok(s, values):
+            return s.stem, None
         orig = img.shape[:2]
         img, mask = _resize_pair(_cache_image_uint8(img), mask, hw)
         name = _safe_name(s.stem)
@@ -694,10 +767,12 @@ def build_cache(
             np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
             atomic_write_bytes(cdir / (name + suffix), buf.getvalue())
         return s.stem, {"image_file": name + ".img.npy", "mask_file": name + ".mask.npy",
-                        "orig_size": [int(orig[0]), int(orig[1])], "sources": sig}
+                        "orig_size": [int(orig[0]), int(orig[1])], "sources": sig,
+                        "labels": [int(v) for v in values] if values.size <= 256 else None}
 
     show = len(todo) > 20 if progress is None else progress
-    with tqdm(total=len(todo), disable=not show, desc=f"caching at {hw[0]}x{hw[1]}", unit="pair") as bar:
+    with progress_bar(total=len(todo), disable=not show, desc=f"caching at {hw[0]}x{hw[1]}",
+                      unit="pair") as bar:
         if num_workers > 0:
             with ThreadPoolExecutor(num_workers) as pool:
                 results = pool.map(work, todo)
