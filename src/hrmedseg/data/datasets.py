@@ -38,9 +38,11 @@ from .io import (
     split_ext,
     to_model_channels,
 )
+from .volumes import check_label_matches, is_3d_nifti, read_nifti_volume
 
 __all__ = [
     "MASK_SUFFIXES", "Sample", "DatasetIndex", "Problem", "discover_pairs", "check_dataset",
+    "check_volume_dataset", "label_value_problem",
     "SegmentationDataset", "PreResizeCache", "build_cache", "collate_segmentation",
 ]
 
@@ -134,6 +136,13 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.severity}: {self.path}: {self.message}"
+
+    @property
+    def kind(self) -> str:
+        """The message's leading phrase with numbers dropped ("lossy JPEG mask", "empty mask"),
+        so that reports can group many findings of one kind."""
+        head = re.split(r"[:;(]", self.message, maxsplit=1)[0]
+        return re.sub(r"\s+", " ", re.sub(r"\d+(\.\d+)?", "N", head)).strip() or self.message
 
 
 # --------------------------------------------------------------------------- discovery
@@ -406,8 +415,8 @@ def _check_mask_values(st: _MaskStats, binary: bool, num_classes: int | None) ->
         refs = ({0, 1}, {0, 255}, {0, 65535})
         ref = max(refs, key=lambda rf: sum(c for v, c in st.counts.items() if v in rf))
         bad = {v: c for v, c in st.counts.items() if v not in ref}
-        return [Problem(st.path, f"binary mask expected (values {sorted(ref)}) but found other values: "
-                        f"{_fmt_counts(bad)}", "error")]
+        return [Problem(st.path, "binary mask expected (values 0/1 or 0/255) but found other "
+                        f"values: {_fmt_counts(bad)}", "error")]
     if num_classes is not None:
         if st.lossy:
             return [Problem(st.path, f"lossy JPEG mask cannot hold {num_classes}-class labels; "
@@ -452,31 +461,25 @@ def check_dataset(
     Reported: unpaired images/masks, duplicate stems, unreadable/corrupt files, image/mask size
     mismatch, mask values outside the expected set (with pixel counts), empty masks (warning),
     16-bit/float/alpha images (info or warning). ``num_classes`` of 1 or 2 means binary; None infers
-    binary when most masks are clean 0/1 or 0/255. A tqdm bar is shown for more than 20 files
+    binary when most masks are clean 0/1 or 0/255. A progress report is shown for more than 20 files
     (``progress`` forces it on/off).
     """
-    from tqdm.auto import tqdm
+    from ..progress import progress as progress_bar
 
     r = Path(root)
     try:
         index = discover_pairs(r, **discover_kw)
     except (FileNotFoundError, ValueError) as exc:
         return [Problem(r, str(exc).split(": ", 1)[-1], "error")]
-    problems: list[Problem] = []
-    for stem, paths in sorted(index.duplicates.items()):
-        problems.append(Problem(paths[0], f"duplicate stem {stem!r}: {', '.join(p.name for p in paths)}", "error"))
-    for p in index.unpaired_images:
-        problems.append(Problem(p, "image has no matching mask", "error"))
-    for p in index.unpaired_masks:
-        problems.append(Problem(p, "mask has no matching image", "error"))
-    if not index.samples:
-        problems.append(Problem(r, "no image/mask pairs found", "error"))
+    if index.layout == "nnunet" and index.samples and is_3d_nifti(index.samples[0].image_path):
+        return check_volume_dataset(index, num_classes, progress=progress)
+    problems = _pair_problems(index)
 
     extra_files = index.unpaired_images + index.unpaired_masks + [p for ps in index.duplicates.values() for p in ps]
     n_files = sum(len(s.image_paths) + 1 for s in index.samples) + len(extra_files)
     show = n_files > 20 if progress is None else progress
     stats: list[_MaskStats] = []
-    with tqdm(total=n_files, disable=not show, desc="checking dataset", unit="file") as bar:
+    with progress_bar(total=n_files, disable=not show, desc="checking dataset", unit="file") as bar:
         for s in index.samples:
             sizes = []
             for p in s.image_paths:
@@ -530,6 +533,56 @@ def check_dataset(
         problems.append(Problem(r, "label values found (value: number of masks): "
                         + ", ".join(f"{v}: {n}" for v, n in sorted(seen.items(), key=lambda kv: float(kv[0])))
                         + "; pass num_classes to check them", "info"))
+    return problems
+
+
+def _pair_problems(index: DatasetIndex) -> list[Problem]:
+    problems: list[Problem] = []
+    for stem, paths in sorted(index.duplicates.items()):
+        problems.append(Problem(paths[0], f"duplicate stem {stem!r}: {', '.join(p.name for p in paths)}", "error"))
+    problems += [Problem(p, "image has no matching mask", "error") for p in index.unpaired_images]
+    problems += [Problem(p, "mask has no matching image", "error") for p in index.unpaired_masks]
+    if not index.samples:
+        problems.append(Problem(index.root, "no image/mask pairs found", "error"))
+    return problems
+
+
+def check_volume_dataset(index: DatasetIndex, num_classes: int | None = None, *,
+                         progress: bool | None = None) -> list[Problem]:
+    """:func:`check_dataset` for an nnU-Net raw dataset of 3-D NIfTI cases, the layout that
+    training with ``data.volumes=true`` reads: every image and label volume is read whole; label
+    volumes must share their image's shape and affine, hold integer labels below ``num_classes``
+    (default: the number of ``dataset.json`` labels) and some foreground (else a warning)."""
+    from ..progress import progress as progress_bar
+
+    problems = _pair_problems(index)
+    k = num_classes if num_classes is not None else (len(index.class_names) if index.class_names else None)
+    show = len(index.samples) > 5 if progress is None else progress
+    for s in progress_bar(index.samples, disable=not show, desc="checking volumes", unit="case"):
+        try:
+            image = read_nifti_volume(s.image_path)
+            for extra in s.extra_channels:
+                ch = read_nifti_volume(extra)
+                if ch.shape != image.shape:
+                    problems.append(Problem(extra, f"channel volume has shape {ch.shape} but "
+                                            f"{s.image_path.name} has {image.shape}", "error"))
+            label = read_nifti_volume(s.mask_path)
+            check_label_matches(image, label)
+        except ImageReadError as exc:
+            problems.append(Problem(Path(exc.path), exc.problem, "error"))
+            continue
+        lab = np.asarray(label.data)
+        if lab.dtype.kind == "f" and not np.array_equal(lab, np.rint(lab)):
+            problems.append(Problem(s.mask_path, "label volume holds fractional values", "error"))
+            continue
+        counts = _value_counts(np.rint(lab).astype(np.int64) if lab.dtype.kind == "f" else lab)
+        if k is not None:
+            bad = {v: c for v, c in counts.items() if not 0 <= v < max(k, 2)}
+            if bad:
+                problems.append(Problem(s.mask_path, f"label values outside 0..{max(k, 2) - 1}: "
+                                        f"{_fmt_counts(bad)}", "error"))
+        if set(counts) <= {0}:
+            problems.append(Problem(s.mask_path, "empty mask (no foreground voxels)", "warning"))
     return problems
 
 
