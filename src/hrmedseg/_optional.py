@@ -22,6 +22,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "nibabel": ("nibabel", "medical"),
     "pydicom": ("pydicom", "medical"),
     "monai": ("monai", "medical"),
+    "SimpleITK": ("SimpleITK", "medical"),
     "segmentation_models_pytorch": ("segmentation-models-pytorch", "baselines"),
     "onnx": ("onnx", "export"),
     "onnxscript": ("onnxscript", "export"),

@@ -181,5 +181,5 @@ def test_mha_without_simpleitk_is_clear(tmp_path):
         pass
     f = tmp_path / "x.mha"
     f.write_bytes(b"ObjectType = Image\n")
-    with pytest.raises(ImageReadError, match="needs SimpleITK"):
+    with pytest.raises(ImageReadError, match=r'needs the .SimpleITK. package: pip install "hrmedseg\[medical\]"'):
         read_volume(f)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .._optional import require
 from ..atomic import atomic_write_bytes
 from .io import (
     ImageReadError,
@@ -365,6 +366,10 @@ def discover_pairs(
     return _discover_folder(r, idir, mdir, mask_suffixes)
 
 
+def _cv2():  # noqa: ANN202 - the cv2 module
+    return require("cv2", feature="resizing and channel conversion of training data")
+
+
 # --------------------------------------------------------------------------- checking
 def _value_counts(raw: np.ndarray) -> dict[int, int]:
     if raw.dtype in (np.uint8, np.uint16):
@@ -621,7 +626,7 @@ def _cache_image_uint8(img: np.ndarray) -> np.ndarray:
 
 
 def _resize_pair(img: np.ndarray, mask: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    import cv2
+    cv2 = _cv2()
 
     h, w = hw
     if img.shape[:2] != (h, w):
@@ -1005,7 +1010,7 @@ class SegmentationDataset(Dataset):
         elif c == 1:
             repeat = want
         elif c == 3 and want == 1:
-            import cv2
+            cv2 = _cv2()
 
             x = cv2.cvtColor(np.ascontiguousarray(x), cv2.COLOR_RGB2GRAY)[:, :, None]  # ITU-R 601, rounded
         else:
@@ -1024,7 +1029,7 @@ class SegmentationDataset(Dataset):
             elif not chw.flags.writeable:
                 chw = chw.copy()  # torch warns about (and could write into) read-only arrays
         else:
-            import cv2
+            cv2 = _cv2()
 
             # HWC -> CHW: cv2.split is ~2x faster than a strided numpy/torch copy (<= 512 channels)
             chw = np.stack(cv2.split(np.ascontiguousarray(x))) if x.shape[2] <= 512 else \

@@ -252,11 +252,11 @@ def read_dicom_series(folder: PathLike) -> Volume:
 
 # --------------------------------------------------------------------------- MHA / NRRD
 def _sitk(path: Path):  # noqa: ANN202
+    from .._optional import MissingExtraError, require
     try:
-        import SimpleITK as sitk
-    except ImportError:
-        raise ImageReadError(path, "reading MHA/MHD/NRRD needs SimpleITK (pip install SimpleITK)") from None
-    return sitk
+        return require("SimpleITK", feature="reading MHA/MHD/NRRD")
+    except MissingExtraError as exc:
+        raise ImageReadError(path, str(exc)) from None
 
 
 def read_itk_volume(path: PathLike) -> Volume:
