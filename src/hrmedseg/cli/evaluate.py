@@ -27,6 +27,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="autocast precision of the forward pass")
     add_batch_size(p, 4)
     p.add_argument("--no-hd", action="store_true", help="skip Hausdorff distances (faster)")
+    p.add_argument("--ignore-empty", action="store_true",
+                   help="leave images with an empty ground truth out of Dice/IoU/HD means, as "
+                        "MONAI's DiceMetric does by default (otherwise: both empty = Dice 1)")
+    p.add_argument("--hd95", choices=["monai", "medpy"], default="monai",
+                   help="HD95 definition: monai = max of the two directed 95th percentiles; "
+                        "medpy = 95th percentile of both directions pooled (medpy.metric.binary.hd95)")
     p.add_argument("--overlays", type=int, default=8, help="write this many overlay PNGs")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable pairs instead of stopping")
     p.add_argument("--axis", type=int, default=2, help="3-D cases: voxel axis to slice along")
@@ -53,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         res = evaluate_samples(seg, samples, out_dir=args.out, hd=not args.no_hd,
                                overlays=args.overlays, class_names=index.class_names,
-                               on_error="skip" if args.skip_bad else "raise")
+                               on_error="skip" if args.skip_bad else "raise",
+                               ignore_empty=args.ignore_empty, hd95_style=args.hd95)
     except ImageReadError as exc:
         raise UserError(f"{str(exc).strip().splitlines()[0]} "
                         "(pass --skip-bad to skip unreadable pairs)") from None
@@ -98,7 +105,8 @@ def _run_sharded(args: argparse.Namespace, samples: list, size: Any, class_names
         out = args.out if args.overlays > 0 else None
         local_result = evaluate_rows(seg, indexed, not args.no_hd, class_names,
                                      "skip" if args.skip_bad else "raise", out, args.overlays,
-                                     progress=rank == 0)
+                                     progress=rank == 0, ignore_empty=args.ignore_empty,
+                                     hd95_style=args.hd95)
         gathered: list[Any] | None = [None] * world if rank == 0 else None
         dist.gather_object(local_result, gathered, dst=0)
         if rank == 0:
@@ -109,7 +117,7 @@ def _run_sharded(args: argparse.Namespace, samples: list, size: Any, class_names
             stems = [r["stem"] for _, r in rows]
             if len(stems) != len(set(stems)) or len(stems) + len(skipped) != len(samples):
                 raise RuntimeError(f"sharded evaluation gathered {len(stems)} rows for {len(samples)} images")
-            summary = summarize_rows(rows, rows_model, skipped)
+            summary = summarize_rows(rows, rows_model, skipped, args.ignore_empty, args.hd95)
             write_results(args.out, rows, rows_model, summary)
             print(format_summary(summary, "model_resolution"))
             print(format_summary(summary, "original_resolution"))

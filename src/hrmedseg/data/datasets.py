@@ -43,7 +43,7 @@ from .volumes import check_label_matches, is_3d_nifti, read_nifti_volume
 
 __all__ = [
     "MASK_SUFFIXES", "Sample", "DatasetIndex", "Problem", "discover_pairs", "check_dataset",
-    "check_volume_dataset", "label_value_problem",
+    "check_volume_dataset", "label_value_problem", "DictTransformDataset",
     "SegmentationDataset", "PreResizeCache", "build_cache", "collate_segmentation",
 ]
 
@@ -1058,6 +1058,49 @@ class SegmentationDataset(Dataset):
                 self._bad.add(j)
                 log.warning("skipping sample %r: %s", self.samples[j].stem, exc)
         raise RuntimeError(f"all {n} samples failed to load; see the log for the files")
+
+
+class DictTransformDataset(Dataset):
+    """Image/mask pairs as MONAI-style dictionaries, for MONAI dictionary transforms.
+
+    Each item is ``{"image": float32 (C, H, W) in [0, 1], "label": (1, H, W) integer labels,
+    "stem": str, "image_path": str, "label_path": str}`` -- channel-first, as MONAI's array
+    transforms expect -- passed through ``transform`` (e.g. ``monai.transforms.Compose`` of
+    ``RandFlipd(keys=["image", "label"])``, ``RandSpatialCropd``, ``NormalizeIntensityd`` ...).
+    Images are read and channel-mapped as for :class:`SegmentationDataset`
+    (:func:`to_model_channels`); masks as :func:`read_mask` gives them (0/255 -> {0, 1}).
+    ``data`` is a dataset folder (any layout :func:`discover_pairs` knows) or a list of samples.
+    With ``num_classes`` each mask's labels are checked (:func:`label_value_problem`).
+    """
+
+    def __init__(self, data: PathLike | Sequence[Sample],
+                 transform: Callable[[dict[str, Any]], Any] | None = None, *, in_chans: int = 3,
+                 num_classes: int | None = None, mask_threshold: float | None = None,
+                 image_key: str = "image", label_key: str = "label") -> None:
+        self.samples: list[Sample] = (list(discover_pairs(data).samples)
+                                      if isinstance(data, (str, os.PathLike)) else list(data))
+        self.transform, self.in_chans, self.num_classes = transform, in_chans, num_classes
+        self.mask_threshold = mask_threshold
+        self.image_key, self.label_key = image_key, label_key
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Any:
+        s = self.samples[i]
+        img = to_model_channels(_read_sample_image(s), self.in_chans)        # (H, W, C) float32
+        mask = read_mask(s.mask_path, threshold=self.mask_threshold)
+        if img.shape[:2] != mask.shape:
+            raise ImageReadError(s.mask_path, f"mask is {mask.shape[0]}x{mask.shape[1]} but image is "
+                                              f"{img.shape[0]}x{img.shape[1]} (HxW)")
+        if self.num_classes is not None:
+            problem = label_value_problem(mask, self.num_classes)
+            if problem is not None:
+                raise ImageReadError(s.mask_path, problem)
+        item = {self.image_key: np.ascontiguousarray(img.transpose(2, 0, 1)),
+                self.label_key: np.ascontiguousarray(mask[None]),
+                "stem": s.stem, "image_path": str(s.image_path), "label_path": str(s.mask_path)}
+        return self.transform(item) if self.transform is not None else item
 
 
 def collate_segmentation(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
