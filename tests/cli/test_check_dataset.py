@@ -1,7 +1,6 @@
-"""check-dataset: errors first and one per file, warnings grouped by kind, 3-D nnU-Net accepted."""
+"""check-dataset: errors first and one per file, warnings grouped by kind (3-D nnU-Net datasets:
+tests/data/test_volumes.py)."""
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
@@ -42,43 +41,3 @@ def test_lossy_masks_make_one_line_errors_come_first(tmp_path, capsys):
     assert out[-1] == "8 pairs checked: 1 errors, 0 warnings, 7 notes"
     assert main(["check-dataset", str(root), "--num-classes", "1", "--all"]) == 1
     assert sum("lossy JPEG mask" in ln for ln in capsys.readouterr().out.splitlines()) == 7
-
-
-def _nnunet_3d(root, n_cases=3, shape=(24, 20, 8), bad_affine=False, bad_label=False):
-    nib = pytest.importorskip("nibabel")
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    (root / "dataset.json").write_text(json.dumps({
-        "labels": {"background": 0, "liver": 1, "spleen": 2}, "channel_names": {"0": "CT"},
-        "file_ending": ".nii.gz", "numTraining": n_cases}))
-    rng = np.random.default_rng(0)
-    aff = np.diag([0.8, 0.8, 2.5, 1.0])
-    for c in range(n_cases):
-        img = rng.integers(-200, 300, size=shape).astype(np.int16)
-        lab = np.zeros(shape, np.uint8)
-        lab[4:12, 4:10, 2:4] = 1
-        lab[14:20, 10:16, 3:6] = 2
-        laff = aff.copy()
-        if bad_affine and c == 1:
-            laff[0, 3] = 5.0
-        if bad_label and c == 2:
-            lab[0, 0, 0] = 7
-        nib.save(nib.Nifti1Image(img, aff), root / "imagesTr" / f"case{c:02d}_0000.nii.gz")
-        nib.save(nib.Nifti1Image(lab, laff), root / "labelsTr" / f"case{c:02d}.nii.gz")
-    return root
-
-
-def test_3d_nnunet_dataset_is_accepted(tmp_path, capsys):
-    from hrmedseg.training.volume_data import VolumeSliceDataset
-    root = _nnunet_3d(tmp_path / "v")
-    assert len(VolumeSliceDataset(root, num_classes=3, size=32)) > 0   # what train data.volumes=true reads
-    assert main(["check-dataset", str(root)]) == 0
-    assert "3 pairs checked: 0 errors" in capsys.readouterr().out
-
-
-def test_3d_nnunet_problems_are_named(tmp_path, capsys):
-    root = _nnunet_3d(tmp_path / "v", bad_affine=True, bad_label=True)
-    assert main(["check-dataset", str(root)]) == 1
-    out = capsys.readouterr().out
-    assert "case01.nii.gz: label affine differs" in out
-    assert "case02.nii.gz: label values outside 0..2: 7 (1 px)" in out
