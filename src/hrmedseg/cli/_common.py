@@ -12,7 +12,7 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+        if action.default in (None, False, argparse.SUPPRESS, []) or "default" in text:
             return text
         return super()._get_help_string(action)
 
@@ -44,7 +44,7 @@ def device_arg(spec: str) -> str:
 def add_batch_size(p: argparse.ArgumentParser, default: int, help: str = "images per forward",
                    dest: str = "batch_size") -> None:
     """``--batch-size`` in every verb; ``--batch`` stays accepted but is not listed."""
-    p.add_argument("--batch-size", dest=dest, type=int, default=default, help=help)
+    p.add_argument("--batch-size", dest=dest, type=int, default=default, metavar="N", help=help)
     p.add_argument("--batch", dest=dest, type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
