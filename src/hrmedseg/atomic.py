@@ -8,6 +8,27 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def _umask() -> int:
+    """The process umask: from /proc where there is one (reading it so is thread-safe), else by
+    setting and restoring it (Python has no plain getter)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _chmod_like_open(fd: int, mode: int = 0o666) -> None:
+    """Give a ``mkstemp`` file (always 0600) the mode ``open()`` would give a new file: ``mode``
+    less the umask, so masks, checkpoints and summaries are as readable as ``metrics.csv``."""
+    os.fchmod(fd, mode & ~_umask())
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write via a temporary file in the same folder, fsync, then rename over ``path``.
 
@@ -18,6 +39,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:
+        _chmod_like_open(fd)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -40,6 +62,7 @@ def atomic_replace_dir(final: str | os.PathLike, write: Callable[[Path], None]) 
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())   # mkdtemp makes 0700; a folder made by mkdir follows the umask
         write(tmp)
         old = final.parent / f".{final.name}.old"
         if old.exists():

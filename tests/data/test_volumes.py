@@ -181,5 +181,27 @@ def test_mha_without_simpleitk_is_clear(tmp_path):
         pass
     f = tmp_path / "x.mha"
     f.write_bytes(b"ObjectType = Image\n")
-    with pytest.raises(ImageReadError, match="needs SimpleITK"):
+    with pytest.raises(ImageReadError, match=r'needs the .SimpleITK. package: pip install "hrmedseg\[medical\]"'):
         read_volume(f)
+
+
+def test_check_dataset_accepts_a_3d_nnunet_dataset(tmp_path, capsys):
+    from hrmedseg.training.volume_data import VolumeSliceDataset
+    _nnunet_3d(tmp_path / "v")
+    assert len(VolumeSliceDataset(tmp_path / "v", num_classes=3, size=32)) > 0   # what training reads
+    assert main(["check-dataset", str(tmp_path / "v")]) == 0
+    assert "3 pairs checked: 0 errors" in capsys.readouterr().out
+
+
+def test_check_dataset_names_3d_problems(tmp_path, capsys):
+    root = tmp_path / "v"
+    _nnunet_3d(root, bad="affine")
+    lab_file = root / "labelsTr" / "case02.nii.gz"
+    lab = nib.load(lab_file)
+    data = np.asarray(lab.dataobj).copy()
+    data[0, 0, 0] = 7
+    nib.save(nib.Nifti1Image(data, lab.affine), lab_file)
+    assert main(["check-dataset", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "case01.nii.gz: label affine differs" in out
+    assert "case02.nii.gz: label values outside 0..2: 7 (1 px)" in out

@@ -326,3 +326,15 @@ def test_box_prompt_mask_equals_predict_boxes_on_non_square_image(tiny_sam):
         got = np.asarray(Image.open(io.BytesIO(r.content)))
     assert got.shape == (120, 300)
     np.testing.assert_array_equal(got > 0, want)
+
+
+def test_access_log_one_line_per_request(client, caplog):
+    import logging
+    with caplog.at_level(logging.INFO, logger="hrmedseg.serve.access"):
+        client.get("/healthz")
+        client.get("/nope")
+    lines = [r.getMessage() for r in caplog.records if r.name == "hrmedseg.serve.access"]
+    assert len(lines) == 2
+    method, path, status, ms, unit = lines[0].split()
+    assert (method, path, status, unit) == ("GET", "/healthz", "200", "ms") and float(ms) >= 0
+    assert lines[1].split()[:3] == ["GET", "/nope", "404"]

@@ -1,8 +1,51 @@
 """Argument handling shared by several verbs."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" after every option's help, except where there is nothing to show
+    (flags, options without a default) or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS, []) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def add_verb(sub: argparse._SubParsersAction, name: str, help: str, **kwargs: Any
+             ) -> argparse.ArgumentParser:
+    """A verb's parser: its help line doubles as the description, and defaults are shown."""
+    kwargs.setdefault("description", help)
+    return sub.add_parser(name, help=help, formatter_class=DefaultsHelpFormatter, **kwargs)
+
+
+def add_device_argument(p: argparse.ArgumentParser, default: str = "auto") -> None:
+    """``--device`` with the one rule of :mod:`hrmedseg.devices`; resolve it with :func:`device_arg`."""
+    from ..devices import DEVICE_HELP
+    p.add_argument("--device", default=default, help=DEVICE_HELP)
+
+
+def device_arg(spec: str) -> str:
+    """Checked ``--device`` value as a torch device string ("cpu", "cuda", "cuda:1", "mps");
+    a malformed or unavailable device is a one-line :class:`UserError` (exit 2)."""
+    from ..devices import DeviceError, parse_device
+    from .main import UserError
+    try:
+        return str(parse_device(spec))
+    except DeviceError as exc:
+        raise UserError(str(exc)) from None
+
+
+def add_batch_size(p: argparse.ArgumentParser, default: int, help: str = "images per forward",
+                   dest: str = "batch_size") -> None:
+    """``--batch-size`` in every verb; ``--batch`` stays accepted but is not listed."""
+    p.add_argument("--batch-size", dest=dest, type=int, default=default, metavar="N", help=help)
+    p.add_argument("--batch", dest=dest, type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def samples_for_split(data: str, split: str, splits: str | None) -> tuple[Any, list[Any]]:

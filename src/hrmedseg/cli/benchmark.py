@@ -14,17 +14,18 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("benchmark", help="profile several models in one process; JSON, Markdown and plot")
+    from ._common import add_batch_size, add_device_argument, add_verb
+    p = add_verb(sub, "benchmark", help="profile several models in one process; JSON, Markdown and plot")
     p.add_argument("--models", required=True, help="registered model names, comma-separated")
     p.add_argument("--size", type=int, nargs="+", default=[1024], help="input size: S or H W")
-    p.add_argument("--batch", type=int, default=16, help="asked batch (halved on out-of-memory)")
-    p.add_argument("--device", default="cuda", help="cuda or cpu")
+    add_batch_size(p, 16, help="asked batch (halved on out-of-memory)", dest="batch")
+    add_device_argument(p)
     p.add_argument("--dtypes", default="fp32,bf16", help="autocast precisions, comma-separated")
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     p.add_argument("--dice", type=Path, help="JSON {model: Dice} for a memory-vs-Dice plot")
-    p.add_argument("--num-classes", type=int, default=1)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--num-classes", type=int, default=1, help="output classes of each model")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
+    p.add_argument("--iters", type=int, default=10, help="timed steps")
     p.add_argument("--min-batch", type=int, default=1, help="smallest batch tried on out-of-memory")
     p.add_argument("--no-macs", action="store_true", help="skip the MAC counts")
     p.add_argument("--model-kwargs", help='JSON {model: {create_model keywords}}, e.g. smaller variants')
@@ -52,12 +53,10 @@ def run(args: argparse.Namespace) -> int:
     if len(args.size) not in (1, 2) or min(args.size) <= 0:
         raise UserError(f"--size must be S or H W, got {args.size}")
     if args.batch < 1:
-        raise UserError(f"--batch must be >= 1, got {args.batch}")
+        raise UserError(f"--batch-size must be >= 1, got {args.batch}")
     size = (args.size[0], args.size[-1])
-    if args.device.startswith("cuda"):
-        import torch
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda asked for, but no CUDA device is available here")
+    from ._common import device_arg
+    args.device = device_arg(args.device)
     dice = None
     if args.dice is not None:
         if not args.dice.is_file():

@@ -14,17 +14,25 @@ from typing import Any
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="Dice, IoU, HD, HD95, MAE, accuracy per image and in summary")
+    from ._common import add_batch_size, add_device_argument, add_verb
+    p = add_verb(sub, "evaluate", help="Dice, IoU, HD, HD95, MAE, accuracy per image and in summary")
     p.add_argument("model", help="run folder, saved model folder, or name[:pretrained-tag]")
     p.add_argument("--data", required=True, help="dataset folder")
-    p.add_argument("--split", default="test", help="split name in splits.json, or 'all' (default test)")
+    p.add_argument("--split", default="test", help="split name in splits.json, or 'all'")
     p.add_argument("--splits", help="splits JSON (default DATA/splits.json)")
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
-    p.add_argument("--device", default="auto")
+    add_device_argument(p)
     p.add_argument("--size", type=int, nargs="+", help="model input size (default: as trained)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision of the forward pass")
+    add_batch_size(p, 4)
     p.add_argument("--no-hd", action="store_true", help="skip Hausdorff distances (faster)")
+    p.add_argument("--ignore-empty", action="store_true",
+                   help="leave images with an empty ground truth out of Dice/IoU/HD means, as "
+                        "MONAI's DiceMetric does by default (otherwise: both empty = Dice 1)")
+    p.add_argument("--hd95", choices=["monai", "medpy"], default="monai",
+                   help="HD95 definition: monai = max of the two directed 95th percentiles; "
+                        "medpy = 95th percentile of both directions pooled (medpy.metric.binary.hd95)")
     p.add_argument("--overlays", type=int, default=8, help="write this many overlay PNGs")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable pairs instead of stopping")
     p.add_argument("--axis", type=int, default=2, help="3-D cases: voxel axis to slice along")
@@ -35,8 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.evaluate import evaluate_samples, format_summary
     from ..inference.segmenter import Segmenter
-    from ._common import samples_for_split
+    from ._common import device_arg, samples_for_split
 
+    args.device = device_arg(args.device)
     if _is_volume_dataset(Path(args.data)):
         return _run_volumes(args)
     index, samples = samples_for_split(args.data, args.split, args.splits)
@@ -45,9 +54,16 @@ def run(args: argparse.Namespace) -> int:
         return _run_sharded(args, samples, size, index.class_names)
     seg = Segmenter(args.model, device=args.device, size=size, precision=args.precision,
                     batch_size=args.batch_size)
-    res = evaluate_samples(seg, samples, out_dir=args.out, hd=not args.no_hd, overlays=args.overlays,
-                           class_names=index.class_names,
-                           on_error="skip" if args.skip_bad else "raise")
+    from ..data.io import ImageReadError
+    from .main import UserError
+    try:
+        res = evaluate_samples(seg, samples, out_dir=args.out, hd=not args.no_hd,
+                               overlays=args.overlays, class_names=index.class_names,
+                               on_error="skip" if args.skip_bad else "raise",
+                               ignore_empty=args.ignore_empty, hd95_style=args.hd95)
+    except ImageReadError as exc:
+        raise UserError(f"{str(exc).strip().splitlines()[0]} "
+                        "(pass --skip-bad to skip unreadable pairs)") from None
     print(format_summary(res, "model_resolution"))
     print(format_summary(res, "original_resolution"))
     print(f"wrote {args.out / 'per_image.csv'} and {args.out / 'summary.json'}")
@@ -89,7 +105,8 @@ def _run_sharded(args: argparse.Namespace, samples: list, size: Any, class_names
         out = args.out if args.overlays > 0 else None
         local_result = evaluate_rows(seg, indexed, not args.no_hd, class_names,
                                      "skip" if args.skip_bad else "raise", out, args.overlays,
-                                     progress=rank == 0)
+                                     progress=rank == 0, ignore_empty=args.ignore_empty,
+                                     hd95_style=args.hd95)
         gathered: list[Any] | None = [None] * world if rank == 0 else None
         dist.gather_object(local_result, gathered, dst=0)
         if rank == 0:
@@ -100,7 +117,7 @@ def _run_sharded(args: argparse.Namespace, samples: list, size: Any, class_names
             stems = [r["stem"] for _, r in rows]
             if len(stems) != len(set(stems)) or len(stems) + len(skipped) != len(samples):
                 raise RuntimeError(f"sharded evaluation gathered {len(stems)} rows for {len(samples)} images")
-            summary = summarize_rows(rows, rows_model, skipped)
+            summary = summarize_rows(rows, rows_model, skipped, args.ignore_empty, args.hd95)
             write_results(args.out, rows, rows_model, summary)
             print(format_summary(summary, "model_resolution"))
             print(format_summary(summary, "original_resolution"))

@@ -6,14 +6,15 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a model to ONNX (torch dynamo exporter)")
+    from ._common import add_verb
+    p = add_verb(sub, "export", help="export a model to ONNX (torch dynamo exporter)")
     p.add_argument("model", help="run folder, saved model folder, or name[:pretrained-tag]")
     p.add_argument("-o", "--out", type=Path, required=True, help="output .onnx file")
     p.add_argument("--size", type=int, nargs="+",
                    help="example input size H [W] (default: as trained); the fixed size without --dynamic")
     p.add_argument("--dynamic", action="store_true",
                    help="symbolic batch, height and width (any size the model takes)")
-    p.add_argument("--opset", type=int, default=None)
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     p.add_argument("--check", action="store_true",
                    help="run the exported graph in onnxruntime and compare with PyTorch")
     p.set_defaults(func=run)

@@ -5,7 +5,8 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list registered models")
+    from ._common import add_verb
+    p = add_verb(sub, "models", help="list registered models")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'hrmedseg*'")
     p.add_argument("--params", action="store_true", help="also build each model and count parameters")
     p.set_defaults(func=run)

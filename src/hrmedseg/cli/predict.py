@@ -18,15 +18,17 @@ from ..compiling import COMPILE_MODES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="segment image files or folders, writing mask and overlay PNGs")
+    from ._common import add_batch_size, add_device_argument, add_verb
+    p = add_verb(sub, "predict", help="segment image files or folders, writing mask and overlay PNGs")
     p.add_argument("model", help="run folder, saved model folder, or name[:pretrained-tag]")
     p.add_argument("inputs", nargs="*", help="image files and/or folders")
     p.add_argument("--samples", action="store_true",
                    help="use the CC0 DSB-2018 sample images shipped in the package (with their masks as --gt)")
-    p.add_argument("-o", "--out", type=Path, required=True)
-    p.add_argument("--device", default="auto")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    add_device_argument(p)
     p.add_argument("--size", type=int, nargs="+", help="model input size (default: as trained)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision of the forward pass")
     p.add_argument("--mode", default="resize", choices=["resize", "tile"],
                    help="resize: whole image at the model size (default); tile: sliding window at "
                         "full resolution with Gaussian blending (large images, TIFFs read lazily)")
@@ -35,10 +37,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", choices=COMPILE_MODES,
                    help="torch.compile the model (reduce-overhead: CUDA graphs, the fastest on "
                         "a GPU for many images of one size; the first batch compiles)")
-    p.add_argument("--batch-size", type=int, default=4)
+    add_batch_size(p, 4, help="images (or volume slices, video frames) per forward")
     p.add_argument("--gt", type=Path, help="a ground-truth mask (single input) or a folder of masks "
                                            "with matching stems: print Dice/IoU against it")
-    p.add_argument("--no-overlay", action="store_true")
+    p.add_argument("--no-overlay", action="store_true", help="write masks only, no overlay PNGs")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable files instead of stopping")
     p.add_argument("--axis", type=int, default=2, choices=[0, 1, 2],
                    help="volumes: voxel axis to slice along (2 = axial for usual CT/MR)")
@@ -122,12 +124,13 @@ def _gt_for(gt: Path | None, image: Path, single: bool) -> Path | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
     from ..data.io import ImageReadError, read_image, read_mask, write_image_png, write_mask_png
     from ..metrics.segmentation import dice, iou
     from ..inference.segmenter import Segmenter
     from ..inference.visualize import prediction_overlay
+    from ..progress import progress
+    from ._common import device_arg
+    from .main import UserError
 
     if args.samples:
         root = sample_dir()
@@ -135,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
         args.gt = args.gt or root / "masks"
     if not args.inputs:
         raise FileNotFoundError("no inputs: give image files/folders, or --samples")
+    args.device = device_arg(args.device)
     all_kinds = _collect_kinds(args.inputs)
     single = sum(k == "image" for _, k in all_kinds) == 1
     kinds = shard(all_kinds)
@@ -154,14 +158,14 @@ def run(args: argparse.Namespace) -> int:
                 _predict_video_file(seg, f, args)
         except ImageReadError as exc:
             if not args.skip_bad:
-                raise
+                raise UserError(_skip_bad_hint(exc)) from None
             print(f"skipped: {exc}")
             n_bad += 1
     if not files:
         if others:
             print(f"wrote {len(others) - n_bad} outputs to {args.out}" + (f" ({n_bad} skipped)" if n_bad else ""))
         return 0
-    bar = tqdm(files, unit="img", desc="predict", disable=len(files) < 2)
+    bar = progress(files, unit="img", desc="predict", disable=len(files) < 2)
     for f in bar:
         try:
             if args.mode == "tile":
@@ -172,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
                 pred = seg.predict_arrays([img], [str(f)])[0]
         except ImageReadError as exc:
             if not args.skip_bad:
-                raise
+                raise UserError(_skip_bad_hint(exc)) from None
             bar.write(f"skipped: {exc}")
             n_bad += 1
             continue
@@ -192,6 +196,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {n_ok} masks{'' if args.no_overlay else ' and overlays'} to {args.out}"
           + (f" ({n_bad} skipped)" if n_bad else ""))
     return 0
+
+
+def _skip_bad_hint(exc: Exception) -> str:
+    """The read error's line, plus how to go on past such files."""
+    return f"{str(exc).strip().splitlines()[0]} (pass --skip-bad to skip unreadable files)"
 
 
 def _predict_volume_file(seg, f: Path, args: argparse.Namespace) -> None:  # noqa: ANN001

@@ -7,22 +7,23 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("profile", help="parameters, MACs, peak training memory and throughput")
+    from ._common import add_batch_size, add_device_argument, add_verb
+    p = add_verb(sub, "profile", help="parameters, MACs, peak training memory and throughput")
     p.add_argument("models", help="registered model name(s), comma-separated")
     p.add_argument("--size", type=int, nargs="+", default=[1024], help="input size: S or H W")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--device", default="cuda", help="cuda or cpu")
+    add_batch_size(p, 16, help="images per training step", dest="batch")
+    add_device_argument(p)
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="autocast precision of the step")
-    p.add_argument("--num-classes", type=int, default=1)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--num-classes", type=int, default=1, help="output classes of the model")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
+    p.add_argument("--iters", type=int, default=10, help="timed steps")
     p.add_argument("--grad-checkpointing", action="store_true",
                    help="recompute the heavy blocks in backward instead of storing them")
     p.add_argument("--checkpoint-fraction", type=float, default=None, metavar="FRACTION",
                    help="gradient checkpointing of only FRACTION (0, 1] of the encoder's "
                         "blocks, spread evenly (HRMedSeg family; implies --grad-checkpointing)")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format for the step")
     p.add_argument("--no-macs", action="store_true", help="skip the MAC counts")
     p.add_argument("--no-speed", action="store_true", help="skip timing (params/MACs/memory only)")
     p.add_argument("--json", type=Path, help="write results (a list) to this JSON file")
@@ -37,10 +38,8 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ._common import parse_set
-    from ..errors import UserError
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but this machine has no CUDA device (use --device cpu)")
+    from ._common import device_arg, parse_set
+    args.device = device_arg(args.device)
     size = tuple(args.size) if len(args.size) == 2 else (args.size[0], args.size[0])
     overrides = parse_set(args.set)
     results = []

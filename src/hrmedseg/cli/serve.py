@@ -7,19 +7,23 @@ import os
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve a model over HTTP: REST API (/v1/segment, /docs) and a web page")
+    from ._common import add_device_argument, add_verb
+    p = add_verb(sub, "serve", help="serve a model over HTTP: REST API (/v1/segment, /docs) and a web page")
     p.add_argument("model", nargs="+", help="one or more: run folder, saved model folder, or name[:pretrained-tag]")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; others need --token)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (other than loopback needs --token)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--token", default=None, help="bearer token required on every /v1 call (or env HRMEDSEG_TOKEN)")
-    p.add_argument("--device", default="auto")
+    add_device_argument(p)
     p.add_argument("--size", type=int, nargs="+", help="model input size (default: as trained)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--max-upload-mb", type=float, default=64.0)
-    p.add_argument("--max-pixels", type=int, default=64_000_000)
-    p.add_argument("--batch-wait-ms", type=float, default=10.0)
-    p.add_argument("--max-batch", type=int, default=8)
-    p.add_argument("--queue-size", type=int, default=64)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision of the forward pass")
+    p.add_argument("--max-upload-mb", type=float, default=64.0, help="largest accepted upload in MiB")
+    p.add_argument("--max-pixels", type=int, default=64_000_000, help="largest accepted image in pixels")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0,
+                   help="how long a request waits for others to share its batch")
+    p.add_argument("--max-batch", type=int, default=8, help="most requests batched into one forward")
+    p.add_argument("--queue-size", type=int, default=64,
+                   help="requests waiting beyond this are refused with 503")
     p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds")
     p.add_argument("--cors-origin", action="append", default=None, help="allow this origin (CORS is off by default)")
     p.set_defaults(func=run)
@@ -36,15 +40,18 @@ def is_loopback(host: str) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
+    from ._common import device_arg
+    args.device = device_arg(args.device)
     token = args.token or os.environ.get("HRMEDSEG_TOKEN") or None
     if not is_loopback(args.host) and not token:
         raise UserError(f"binding to {args.host} exposes the server beyond this machine: "
                          "set --token or HRMEDSEG_TOKEN")
+    from .._optional import MissingExtraError, require
     try:
-        import uvicorn
+        uvicorn = require("uvicorn", extra="serve")
         from ..serve.app import create_app
-    except ImportError as exc:
-        raise UserError(f"hrmedseg serve needs fastapi, uvicorn and python-multipart ({exc})") from None
+    except MissingExtraError as exc:
+        raise UserError(str(exc)) from None
     from ..inference.segmenter import Segmenter
     size = None if not args.size else (args.size * 2 if len(args.size) == 1 else args.size)
     sources = {}
@@ -59,5 +66,7 @@ def run(args: argparse.Namespace) -> int:
                      cors_origins=args.cors_origin)
     print(f"hrmedseg serve: http://{args.host}:{args.port}/ (API docs at /docs)"
           + (" — bearer token required" if token else ""), flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    from ..serve.app import configure_access_log
+    configure_access_log()
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .._optional import require
 from ..atomic import atomic_write_bytes
 from .io import (
     ImageReadError,
@@ -37,9 +39,11 @@ from .io import (
     split_ext,
     to_model_channels,
 )
+from .volumes import check_label_matches, is_3d_nifti, read_nifti_volume
 
 __all__ = [
     "MASK_SUFFIXES", "Sample", "DatasetIndex", "Problem", "discover_pairs", "check_dataset",
+    "check_volume_dataset", "label_value_problem", "DictTransformDataset",
     "SegmentationDataset", "PreResizeCache", "build_cache", "collate_segmentation",
 ]
 
@@ -133,6 +137,13 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.severity}: {self.path}: {self.message}"
+
+    @property
+    def kind(self) -> str:
+        """The message's leading phrase with numbers dropped ("lossy JPEG mask", "empty mask"),
+        so that reports can group many findings of one kind."""
+        head = re.split(r"[:;(]", self.message, maxsplit=1)[0]
+        return re.sub(r"\s+", " ", re.sub(r"\d+(\.\d+)?", "N", head)).strip() or self.message
 
 
 # --------------------------------------------------------------------------- discovery
@@ -355,6 +366,10 @@ def discover_pairs(
     return _discover_folder(r, idir, mdir, mask_suffixes)
 
 
+def _cv2():  # noqa: ANN202 - the cv2 module
+    return require("cv2", feature="resizing and channel conversion of training data")
+
+
 # --------------------------------------------------------------------------- checking
 def _value_counts(raw: np.ndarray) -> dict[int, int]:
     if raw.dtype in (np.uint8, np.uint16):
@@ -405,8 +420,8 @@ def _check_mask_values(st: _MaskStats, binary: bool, num_classes: int | None) ->
         refs = ({0, 1}, {0, 255}, {0, 65535})
         ref = max(refs, key=lambda rf: sum(c for v, c in st.counts.items() if v in rf))
         bad = {v: c for v, c in st.counts.items() if v not in ref}
-        return [Problem(st.path, f"binary mask expected (values {sorted(ref)}) but found other values: "
-                        f"{_fmt_counts(bad)}", "error")]
+        return [Problem(st.path, "binary mask expected (values 0/1 or 0/255) but found other "
+                        f"values: {_fmt_counts(bad)}", "error")]
     if num_classes is not None:
         if st.lossy:
             return [Problem(st.path, f"lossy JPEG mask cannot hold {num_classes}-class labels; "
@@ -451,31 +466,25 @@ def check_dataset(
     Reported: unpaired images/masks, duplicate stems, unreadable/corrupt files, image/mask size
     mismatch, mask values outside the expected set (with pixel counts), empty masks (warning),
     16-bit/float/alpha images (info or warning). ``num_classes`` of 1 or 2 means binary; None infers
-    binary when most masks are clean 0/1 or 0/255. A tqdm bar is shown for more than 20 files
+    binary when most masks are clean 0/1 or 0/255. A progress report is shown for more than 20 files
     (``progress`` forces it on/off).
     """
-    from tqdm.auto import tqdm
+    from ..progress import progress as progress_bar
 
     r = Path(root)
     try:
         index = discover_pairs(r, **discover_kw)
     except (FileNotFoundError, ValueError) as exc:
         return [Problem(r, str(exc).split(": ", 1)[-1], "error")]
-    problems: list[Problem] = []
-    for stem, paths in sorted(index.duplicates.items()):
-        problems.append(Problem(paths[0], f"duplicate stem {stem!r}: {', '.join(p.name for p in paths)}", "error"))
-    for p in index.unpaired_images:
-        problems.append(Problem(p, "image has no matching mask", "error"))
-    for p in index.unpaired_masks:
-        problems.append(Problem(p, "mask has no matching image", "error"))
-    if not index.samples:
-        problems.append(Problem(r, "no image/mask pairs found", "error"))
+    if index.layout == "nnunet" and index.samples and is_3d_nifti(index.samples[0].image_path):
+        return check_volume_dataset(index, num_classes, progress=progress)
+    problems = _pair_problems(index)
 
     extra_files = index.unpaired_images + index.unpaired_masks + [p for ps in index.duplicates.values() for p in ps]
     n_files = sum(len(s.image_paths) + 1 for s in index.samples) + len(extra_files)
     show = n_files > 20 if progress is None else progress
     stats: list[_MaskStats] = []
-    with tqdm(total=n_files, disable=not show, desc="checking dataset", unit="file") as bar:
+    with progress_bar(total=n_files, disable=not show, desc="checking dataset", unit="file") as bar:
         for s in index.samples:
             sizes = []
             for p in s.image_paths:
@@ -532,6 +541,56 @@ def check_dataset(
     return problems
 
 
+def _pair_problems(index: DatasetIndex) -> list[Problem]:
+    problems: list[Problem] = []
+    for stem, paths in sorted(index.duplicates.items()):
+        problems.append(Problem(paths[0], f"duplicate stem {stem!r}: {', '.join(p.name for p in paths)}", "error"))
+    problems += [Problem(p, "image has no matching mask", "error") for p in index.unpaired_images]
+    problems += [Problem(p, "mask has no matching image", "error") for p in index.unpaired_masks]
+    if not index.samples:
+        problems.append(Problem(index.root, "no image/mask pairs found", "error"))
+    return problems
+
+
+def check_volume_dataset(index: DatasetIndex, num_classes: int | None = None, *,
+                         progress: bool | None = None) -> list[Problem]:
+    """:func:`check_dataset` for an nnU-Net raw dataset of 3-D NIfTI cases, the layout that
+    training with ``data.volumes=true`` reads: every image and label volume is read whole; label
+    volumes must share their image's shape and affine, hold integer labels below ``num_classes``
+    (default: the number of ``dataset.json`` labels) and some foreground (else a warning)."""
+    from ..progress import progress as progress_bar
+
+    problems = _pair_problems(index)
+    k = num_classes if num_classes is not None else (len(index.class_names) if index.class_names else None)
+    show = len(index.samples) > 5 if progress is None else progress
+    for s in progress_bar(index.samples, disable=not show, desc="checking volumes", unit="case"):
+        try:
+            image = read_nifti_volume(s.image_path)
+            for extra in s.extra_channels:
+                ch = read_nifti_volume(extra)
+                if ch.shape != image.shape:
+                    problems.append(Problem(extra, f"channel volume has shape {ch.shape} but "
+                                            f"{s.image_path.name} has {image.shape}", "error"))
+            label = read_nifti_volume(s.mask_path)
+            check_label_matches(image, label)
+        except ImageReadError as exc:
+            problems.append(Problem(Path(exc.path), exc.problem, "error"))
+            continue
+        lab = np.asarray(label.data)
+        if lab.dtype.kind == "f" and not np.array_equal(lab, np.rint(lab)):
+            problems.append(Problem(s.mask_path, "label volume holds fractional values", "error"))
+            continue
+        counts = _value_counts(np.rint(lab).astype(np.int64) if lab.dtype.kind == "f" else lab)
+        if k is not None:
+            bad = {v: c for v, c in counts.items() if not 0 <= v < max(k, 2)}
+            if bad:
+                problems.append(Problem(s.mask_path, f"label values outside 0..{max(k, 2) - 1}: "
+                                        f"{_fmt_counts(bad)}", "error"))
+        if set(counts) <= {0}:
+            problems.append(Problem(s.mask_path, "empty mask (no foreground voxels)", "warning"))
+    return problems
+
+
 # --------------------------------------------------------------------------- pre-resize cache
 CACHE_VERSION = 1
 _MANIFEST = "manifest.json"
@@ -567,7 +626,7 @@ def _cache_image_uint8(img: np.ndarray) -> np.ndarray:
 
 
 def _resize_pair(img: np.ndarray, mask: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    import cv2
+    cv2 = _cv2()
 
     h, w = hw
     if img.shape[:2] != (h, w):
@@ -629,6 +688,38 @@ class PreResizeCache:
             return False
 
 
+def label_value_problem(labels: np.ndarray | Sequence[int], num_classes: int,
+                        ignore_index: int | None = None) -> str | None:
+    """Why a mask's labels do not fit a model of ``num_classes`` outputs, or None if they do.
+
+    ``labels`` are a mask as :func:`read_mask` returns it (0/255 and 0/1 both read as {0, 1}) or
+    its distinct values. Binary models (``num_classes`` 1 or 2) take {0, 1}; others 0..K-1;
+    ``ignore_index`` is allowed besides.
+    """
+    values = np.unique(np.asarray(labels))
+    limit = 2 if num_classes <= 2 else num_classes
+    bad = values[(values < 0) | (values >= limit)]
+    if ignore_index is not None:
+        bad = bad[bad != ignore_index]
+    if not bad.size:
+        return None
+    shown = ", ".join(str(int(v)) for v in values[:12]) + (", ..." if values.size > 12 else "")
+    if num_classes <= 2:
+        return (f"mask has label values {{{shown}}} but the model is binary: "
+                "binary mask expected (values 0/1 or 0/255)")
+    return f"mask has label values {{{shown}}} but the model has {num_classes} classes (0..{num_classes - 1})"
+
+
+def _new_dirs(path: Path) -> Path | None:
+    """The topmost folder of ``path`` that does not exist yet (None if ``path`` exists)."""
+    top = None
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        top = p
+    return top
+
+
 def build_cache(
     samples: Sequence[Sample],
     size: int | Sequence[int],
@@ -638,6 +729,8 @@ def build_cache(
     on_error: Literal["raise", "skip"] = "raise",
     progress: bool | None = None,
     mask_threshold: float | None = None,
+    num_classes: int | None = None,
+    ignore_index: int | None = None,
 ) -> PreResizeCache:
     """Decode every pair once, resize to ``size`` ((h, w) or int) and store compact arrays.
 
@@ -649,12 +742,29 @@ def build_cache(
     ``size`` rebuilds everything. Not safe for two processes building the same folder at once.
     ``on_error="skip"`` leaves unreadable samples out of the cache (the dataset then reads them
     from source and applies its own ``on_error``). ``mask_threshold`` is passed to :func:`read_mask`.
-    """
-    from tqdm.auto import tqdm
 
+    With ``num_classes`` every mask's label values are checked too (:func:`label_value_problem`,
+    cached entries included), so a mask that does not fit the model is refused with its file
+    named before training starts; if the build fails, folders it created are removed again.
+    """
     hw = _as_hw(size)
     cdir = Path(cache_dir)
+    created = _new_dirs(cdir)
     cdir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _build_cache(samples, hw, cdir, num_workers, on_error, progress, mask_threshold,
+                            num_classes, ignore_index)
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _build_cache(samples: Sequence[Sample], hw: tuple[int, int], cdir: Path, num_workers: int,
+                 on_error: str, progress: bool | None, mask_threshold: float | None,
+                 num_classes: int | None, ignore_index: int | None) -> PreResizeCache:
+    from ..progress import progress as progress_bar
+
     entries: dict[str, dict[str, Any]] = {}
     try:
         old = PreResizeCache(cdir)
@@ -674,6 +784,24 @@ def build_cache(
 
     todo = [s for s in samples if not fresh(s)]
 
+    def labels_ok(s: Sample, values: Any) -> bool:
+        problem = None if num_classes is None else label_value_problem(values, num_classes, ignore_index)
+        if problem is None:
+            return True
+        if on_error == "raise":
+            raise ImageReadError(s.mask_path, problem)
+        log.warning("cache: skipping %s: %s", s.mask_path, problem)
+        return False
+
+    if num_classes is not None:   # reused entries were cached without knowing the model
+        for s in [s for s in samples if s.stem in entries and fresh(s)]:
+            e = entries[s.stem]
+            values = e.get("labels")
+            if values is None:
+                values = np.unique(np.load(cdir / e["mask_file"], mmap_mode="r"))
+            if not labels_ok(s, values):
+                entries.pop(s.stem)
+
     def work(s: Sample) -> tuple[str, dict[str, Any] | None]:
         try:
             sig = _signature([*s.image_paths, s.mask_path])
@@ -686,6 +814,9 @@ def build_cache(
                 raise
             log.warning("cache: skipping %s", exc)
             return s.stem, None
+        values = np.unique(mask)
+        if not labels_ok(s, values):
+            return s.stem, None
         orig = img.shape[:2]
         img, mask = _resize_pair(_cache_image_uint8(img), mask, hw)
         name = _safe_name(s.stem)
@@ -694,10 +825,12 @@ def build_cache(
             np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
             atomic_write_bytes(cdir / (name + suffix), buf.getvalue())
         return s.stem, {"image_file": name + ".img.npy", "mask_file": name + ".mask.npy",
-                        "orig_size": [int(orig[0]), int(orig[1])], "sources": sig}
+                        "orig_size": [int(orig[0]), int(orig[1])], "sources": sig,
+                        "labels": [int(v) for v in values] if values.size <= 256 else None}
 
     show = len(todo) > 20 if progress is None else progress
-    with tqdm(total=len(todo), disable=not show, desc=f"caching at {hw[0]}x{hw[1]}", unit="pair") as bar:
+    with progress_bar(total=len(todo), disable=not show, desc=f"caching at {hw[0]}x{hw[1]}",
+                      unit="pair") as bar:
         if num_workers > 0:
             with ThreadPoolExecutor(num_workers) as pool:
                 results = pool.map(work, todo)
@@ -877,7 +1010,7 @@ class SegmentationDataset(Dataset):
         elif c == 1:
             repeat = want
         elif c == 3 and want == 1:
-            import cv2
+            cv2 = _cv2()
 
             x = cv2.cvtColor(np.ascontiguousarray(x), cv2.COLOR_RGB2GRAY)[:, :, None]  # ITU-R 601, rounded
         else:
@@ -896,7 +1029,7 @@ class SegmentationDataset(Dataset):
             elif not chw.flags.writeable:
                 chw = chw.copy()  # torch warns about (and could write into) read-only arrays
         else:
-            import cv2
+            cv2 = _cv2()
 
             # HWC -> CHW: cv2.split is ~2x faster than a strided numpy/torch copy (<= 512 channels)
             chw = np.stack(cv2.split(np.ascontiguousarray(x))) if x.shape[2] <= 512 else \
@@ -925,6 +1058,49 @@ class SegmentationDataset(Dataset):
                 self._bad.add(j)
                 log.warning("skipping sample %r: %s", self.samples[j].stem, exc)
         raise RuntimeError(f"all {n} samples failed to load; see the log for the files")
+
+
+class DictTransformDataset(Dataset):
+    """Image/mask pairs as MONAI-style dictionaries, for MONAI dictionary transforms.
+
+    Each item is ``{"image": float32 (C, H, W) in [0, 1], "label": (1, H, W) integer labels,
+    "stem": str, "image_path": str, "label_path": str}`` -- channel-first, as MONAI's array
+    transforms expect -- passed through ``transform`` (e.g. ``monai.transforms.Compose`` of
+    ``RandFlipd(keys=["image", "label"])``, ``RandSpatialCropd``, ``NormalizeIntensityd`` ...).
+    Images are read and channel-mapped as for :class:`SegmentationDataset`
+    (:func:`to_model_channels`); masks as :func:`read_mask` gives them (0/255 -> {0, 1}).
+    ``data`` is a dataset folder (any layout :func:`discover_pairs` knows) or a list of samples.
+    With ``num_classes`` each mask's labels are checked (:func:`label_value_problem`).
+    """
+
+    def __init__(self, data: PathLike | Sequence[Sample],
+                 transform: Callable[[dict[str, Any]], Any] | None = None, *, in_chans: int = 3,
+                 num_classes: int | None = None, mask_threshold: float | None = None,
+                 image_key: str = "image", label_key: str = "label") -> None:
+        self.samples: list[Sample] = (list(discover_pairs(data).samples)
+                                      if isinstance(data, (str, os.PathLike)) else list(data))
+        self.transform, self.in_chans, self.num_classes = transform, in_chans, num_classes
+        self.mask_threshold = mask_threshold
+        self.image_key, self.label_key = image_key, label_key
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Any:
+        s = self.samples[i]
+        img = to_model_channels(_read_sample_image(s), self.in_chans)        # (H, W, C) float32
+        mask = read_mask(s.mask_path, threshold=self.mask_threshold)
+        if img.shape[:2] != mask.shape:
+            raise ImageReadError(s.mask_path, f"mask is {mask.shape[0]}x{mask.shape[1]} but image is "
+                                              f"{img.shape[0]}x{img.shape[1]} (HxW)")
+        if self.num_classes is not None:
+            problem = label_value_problem(mask, self.num_classes)
+            if problem is not None:
+                raise ImageReadError(s.mask_path, problem)
+        item = {self.image_key: np.ascontiguousarray(img.transpose(2, 0, 1)),
+                self.label_key: np.ascontiguousarray(mask[None]),
+                "stem": s.stem, "image_path": str(s.image_path), "label_path": str(s.mask_path)}
+        return self.transform(item) if self.transform is not None else item
 
 
 def collate_segmentation(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -182,7 +182,8 @@ def is_png16_colour_header(head: bytes) -> bool:
 
 def decode_png16_colour(data: bytes | np.ndarray) -> np.ndarray | None:
     """16-bit RGB(A) PNG bytes → RGB(A) uint16 array; None if OpenCV cannot decode them."""
-    import cv2
+    from .._optional import require
+    cv2 = require("cv2", feature="reading 16-bit colour PNGs")
 
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is not None and arr.ndim == 3:
@@ -670,7 +671,8 @@ def write_image_png(path: PathLike, img: np.ndarray) -> Path:
     elif a.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"unsupported dtype {a.dtype}; use uint8, uint16, bool or float in [0, 1]")
     if a.dtype == np.uint16 and a.ndim == 3:
-        import cv2
+        from .._optional import require
+        cv2 = require("cv2", feature="writing 16-bit colour PNGs")
 
         code = {2: None, 3: cv2.COLOR_RGB2BGR, 4: cv2.COLOR_RGBA2BGRA}[a.shape[2]]
         if code is None:

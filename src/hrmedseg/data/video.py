@@ -49,11 +49,11 @@ def is_video_file(path: PathLike) -> bool:
 
 
 def _av(path: PathLike):  # noqa: ANN202
+    from .._optional import MissingExtraError, require
     try:
-        import av
-    except ImportError:
-        raise ImageReadError(path, "reading/writing videos needs PyAV (pip install av)") from None
-    return av
+        return require("av", feature="reading/writing videos")
+    except MissingExtraError as exc:
+        raise ImageReadError(path, str(exc)) from None
 
 
 def _natural_key(p: Path) -> list[Any]:

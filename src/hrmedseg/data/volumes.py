@@ -119,6 +119,19 @@ def read_nifti_volume(path: PathLike) -> Volume:
                   img.header.copy())
 
 
+def is_3d_nifti(path: PathLike) -> bool:
+    """True for a NIfTI file with more than one slice (from its header; no voxels are read)."""
+    if split_ext(path)[1] not in (".nii", ".nii.gz"):
+        return False
+    from .._optional import require
+    nib = require("nibabel", feature="reading NIfTI volumes")
+    try:
+        shape = nib.load(str(path)).shape
+    except Exception:  # noqa: BLE001 - unreadable files are reported by the checks that read them
+        return False
+    return sum(int(s) > 1 for s in shape[:3]) > 2
+
+
 # --------------------------------------------------------------------------- DICOM
 def _dicom_files(folder: Path) -> list[Path]:
     return sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")
@@ -239,11 +252,11 @@ def read_dicom_series(folder: PathLike) -> Volume:
 
 # --------------------------------------------------------------------------- MHA / NRRD
 def _sitk(path: Path):  # noqa: ANN202
+    from .._optional import MissingExtraError, require
     try:
-        import SimpleITK as sitk
-    except ImportError:
-        raise ImageReadError(path, "reading MHA/MHD/NRRD needs SimpleITK (pip install SimpleITK)") from None
-    return sitk
+        return require("SimpleITK", feature="reading MHA/MHD/NRRD")
+    except MissingExtraError as exc:
+        raise ImageReadError(path, str(exc)) from None
 
 
 def read_itk_volume(path: PathLike) -> Volume:

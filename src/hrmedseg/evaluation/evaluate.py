@@ -2,7 +2,9 @@
 
 Metrics are computed twice per image: at the model's input resolution (ground truth resized
 with nearest neighbour) and at the image's original resolution (logits resized bilinearly);
-papers report the former ("at evaluation resolution"), users need the latter.
+papers report the former ("at evaluation resolution"), users need the latter. MAE is computed
+from the predicted labels at both. Files hold fractions; :func:`format_summary` (console) prints
+Dice, IoU and pixel accuracy in percent.
 """
 from __future__ import annotations
 
@@ -13,11 +15,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..atomic import atomic_write_bytes
 from ..data.io import ImageReadError, read_image, read_mask, write_image_png
 from ..inference.visualize import prediction_overlay
+from ..progress import progress as progress_bar
 from ..metrics.segmentation import EMPTY_MASK_POLICY, compute_metrics, summarize
 
 PERCENT_KEYS = ("dice", "iou", "pixel_accuracy")
@@ -37,19 +39,23 @@ Rows = list[tuple[int, dict[str, Any]]]
 
 def evaluate_rows(segmenter: Any, indexed: Sequence[tuple[int, Any]], hd: bool = True,
                   class_names: list[str] | None = None, on_error: str = "raise",
-                  out_dir: Path | None = None, overlays: int = 4, progress: bool = True
+                  out_dir: Path | None = None, overlays: int = 4, progress: bool = True,
+                  ignore_empty: bool = False, hd95_style: str = "monai"
                   ) -> tuple[Rows, Rows, list[tuple[int, str]]]:
     """Per-image rows at the original and the model resolution for ``(index, sample)`` pairs.
 
     Rows carry the sample's index so that shards evaluated by several processes can be merged
     back in order; overlays are written for samples whose index is below ``overlays``.
+    ``ignore_empty``/``hd95_style``: see :func:`~hrmedseg.metrics.segmentation.compute_metrics`.
     """
+    opts = {"hd": hd, "class_names": class_names, "ignore_empty": ignore_empty,
+            "hd95_style": hd95_style}
     nc = segmenter.num_classes
     rows: Rows = []
     rows_model: Rows = []
     skipped: list[tuple[int, str]] = []
     bs = max(1, segmenter.batch_size)
-    bar = tqdm(total=len(indexed), desc="evaluate", unit="img", disable=not progress)
+    bar = progress_bar(total=len(indexed), desc="evaluate", unit="img", disable=not progress)
     for start in range(0, len(indexed), bs):
         chunk, images, gts = [], [], []
         for idx, s in indexed[start:start + bs]:
@@ -69,11 +75,10 @@ def evaluate_rows(segmenter: Any, indexed: Sequence[tuple[int, Any]], hd: bool =
         if chunk:
             preds = segmenter.predict_arrays(images, [str(s.image_path) for _, s in chunk])
             for (idx, s), img, gt, pr in zip(chunk, images, gts, preds):
-                prob = pr.probabilities[0] if nc == 1 else pr.probabilities
-                m = compute_metrics(pr.labels, gt, nc, probs=prob, hd=hd, class_names=class_names)
+                m = compute_metrics(pr.labels, gt, nc, **opts)
                 rows.append((idx, {"stem": s.stem, "height": gt.shape[0], "width": gt.shape[1], **m}))
                 gt_small = nearest_resize(gt, pr.model_labels.shape)
-                mm = compute_metrics(pr.model_labels, gt_small, nc, hd=hd, class_names=class_names)
+                mm = compute_metrics(pr.model_labels, gt_small, nc, **opts)
                 rows_model.append((idx, {"stem": s.stem, **mm}))
                 if out_dir is not None and idx < overlays:
                     write_image_png(Path(out_dir) / "overlays" / f"{s.stem}.png",
@@ -83,7 +88,8 @@ def evaluate_rows(segmenter: Any, indexed: Sequence[tuple[int, Any]], hd: bool =
     return rows, rows_model, skipped
 
 
-def summarize_rows(rows: Rows, rows_model: Rows, skipped: list[tuple[int, str]]) -> dict[str, Any]:
+def summarize_rows(rows: Rows, rows_model: Rows, skipped: list[tuple[int, str]],
+                   ignore_empty: bool = False, hd95_style: str = "monai") -> dict[str, Any]:
     """The summary JSON (mean ± std at both resolutions) from index-tagged rows."""
     plain = [r for _, r in sorted(rows, key=lambda t: t[0])]
     plain_model = [r for _, r in sorted(rows_model, key=lambda t: t[0])]
@@ -92,8 +98,13 @@ def summarize_rows(rows: Rows, rows_model: Rows, skipped: list[tuple[int, str]])
         "model_resolution": summarize({k: v for k, v in r.items() if k != "stem"} for r in plain_model),
         "original_resolution": summarize({k: v for k, v in r.items() if k not in ("stem", "height", "width")}
                                          for r in plain),
-        "empty_mask_policy": EMPTY_MASK_POLICY,
-        "units": "dice/iou/pixel_accuracy/mae as fractions; hd/hd95 in pixels of that resolution",
+        "empty_mask_policy": ("ignore_empty: images with an empty ground truth are left out of "
+                              "Dice/IoU/HD means (MONAI DiceMetric default)") if ignore_empty
+        else EMPTY_MASK_POLICY,
+        "hd95": {"monai": "max of the two directed 95th percentiles (MONAI)",
+                 "medpy": "95th percentile of both directed sets pooled (medpy)"}[hd95_style],
+        "units": "dice/iou/pixel_accuracy/mae as fractions (mae from labels); hd/hd95 in pixels of "
+                 "that resolution",
     }
 
 
@@ -106,11 +117,13 @@ def write_results(out_dir: Path, rows: Rows, rows_model: Rows, summary: dict[str
 
 def evaluate_samples(segmenter: Any, samples: Sequence[Any], out_dir: Path | None = None,
                      hd: bool = True, overlays: int = 4, class_names: list[str] | None = None,
-                     progress: bool = True, on_error: str = "raise") -> dict[str, Any]:
+                     progress: bool = True, on_error: str = "raise", ignore_empty: bool = False,
+                     hd95_style: str = "monai") -> dict[str, Any]:
     """Run ``segmenter`` over ``samples`` (objects with stem, image_path, mask_path)."""
     rows, rows_model, skipped = evaluate_rows(segmenter, list(enumerate(samples)), hd, class_names,
-                                              on_error, out_dir, overlays, progress)
-    summary = summarize_rows(rows, rows_model, skipped)
+                                              on_error, out_dir, overlays, progress,
+                                              ignore_empty, hd95_style)
+    summary = summarize_rows(rows, rows_model, skipped, ignore_empty, hd95_style)
     if out_dir is not None:
         write_results(Path(out_dir), rows, rows_model, summary)
     return summary

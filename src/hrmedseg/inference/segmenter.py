@@ -23,6 +23,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..compiling import COMPILE_MODES, uses_cudagraphs
+from ..devices import parse_device
 
 
 @dataclass
@@ -73,7 +74,7 @@ class Segmenter:
 
     Args:
         model: a model, a saved-model/run folder, or ``name[:pretrained-tag]``.
-        device: "cpu", "cuda" or "auto".
+        device: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:N" or "mps".
         size: model input (H, W); default: what the model was trained at.
         normalize: "imagenet", "minmax" or "none"; default: what the model was trained with.
         precision: "fp32", "bf16" or "fp16" autocast.
@@ -104,9 +105,7 @@ class Segmenter:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         if tile_batch < 1:
             raise ValueError(f"tile_batch must be >= 1, got {tile_batch}")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = parse_device(device)
         self.model, pre = _resolve_model(model, self.device)
         self.model.eval()
         self.compile = compile
@@ -177,7 +176,8 @@ class Segmenter:
         res = predict_tiled(self.logits, image, self.size, in_chans=self.in_chans,
                             num_classes=self.num_classes, activation=self.activation,
                             normalize=self.normalize, overlap=self.overlap,
-                            tile_batch=self.tile_batch, accum_dtype=self.accum_dtype)
+                            tile_batch=self.tile_batch, accum_dtype=self.accum_dtype,
+                            desc=Path(source).name if source else "tiles")
         return Prediction(res.labels, res.probabilities, image, source, None)
 
     def predict_arrays(self, images: Sequence[np.ndarray], sources: Sequence[str] | None = None

@@ -281,13 +281,19 @@ def _global_minmax(source: ImageSource, in_chans: int, block: int = 1024) -> tup
     return lo, hi
 
 
+# From this many tiles on (a 6000² image at 1024² with overlap 0.25 has 64) a prediction takes
+# long enough on a CPU that a silent terminal looks hung.
+PROGRESS_MIN_TILES = 32
+
+
 def predict_tiled(logits_fn: Callable[[torch.Tensor], torch.Tensor],
                   image: np.ndarray | ImageSource | str | os.PathLike,
                   tile: int | Sequence[int], *, in_chans: int = 3, num_classes: int = 1,
                   activation: str | None = None, normalize: str = "imagenet",
                   overlap: float = 0.25, tile_batch: int = 4, sigma_scale: float = 1.0 / 8,
                   accum_dtype: str | np.dtype = "float32",
-                  progress: Callable[[int, int], None] | None = None) -> TiledResult:
+                  progress: Callable[[int, int], None] | None = None,
+                  show_progress: bool | None = None, desc: str = "tiles") -> TiledResult:
     """Sliding-window segmentation of ``image`` (see the module docstring).
 
     Args:
@@ -300,7 +306,12 @@ def predict_tiled(logits_fn: Callable[[torch.Tensor], torch.Tensor],
             or "none".
         accum_dtype: "float32" or "float16" accumulator (halves the host memory).
         progress: called with (tiles done, tiles total) after each batch.
+        show_progress: report tile progress on stderr (a bar on a terminal, periodic lines
+            otherwise, see :mod:`hrmedseg.progress`); None = only for big images, from
+            ``PROGRESS_MIN_TILES`` tiles on.
+        desc: label of that progress report (e.g. the file name).
     """
+    from ..progress import progress as progress_bar
     from ..data.io import normalize as normalize_image, to_model_channels
 
     th, tw = (tile, tile) if isinstance(tile, int) else (int(tile[0]), int(tile[1]))
@@ -335,6 +346,8 @@ def predict_tiled(logits_fn: Callable[[torch.Tensor], torch.Tensor],
 
     positions = [(y, x) for y in rows for x in cols]
     total = len(positions)
+    show = total >= PROGRESS_MIN_TILES if show_progress is None else show_progress
+    bar = progress_bar(total=total, desc=desc, unit="tile", disable=not show, leave=False)
     for i in range(0, total, tile_batch):
         chunk = positions[i:i + tile_batch]
         batch = torch.from_numpy(np.stack([prep(y, x) for y, x in chunk])).permute(0, 3, 1, 2)
@@ -345,8 +358,10 @@ def predict_tiled(logits_fn: Callable[[torch.Tensor], torch.Tensor],
             ny, nx = min(th, h - y), min(tw, w - x)
             acc[:, y:y + ny, x:x + nx] += p[:, :ny, :nx].astype(adt, copy=False)
         del batch, logits, probs
+        bar.update(len(chunk))
         if progress is not None:
             progress(min(i + tile_batch, total), total)
+    bar.close()
 
     # normalise by the separable weight sum and derive labels, a band of rows at a time
     labels = np.empty((h, w), dtype=np.uint8 if num_classes < 256 else np.int32)

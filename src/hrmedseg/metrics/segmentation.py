@@ -10,15 +10,33 @@ handling of empty masks are fixed and written down. Definitions:
   ``spacing`` per axis); HD is the maximum and HD95 the 95th percentile (linear interpolation) of each
   directed set, and the larger of the two directions is reported. This matches MONAI's
   ``compute_hausdorff_distance`` (``percentile=None`` / ``95``).
-* MAE = mean |probability - ground truth| over pixels (binary prediction when no probabilities).
+* HD95, medpy style (``hd95_style="medpy"``, :func:`hd95_medpy`): the 95th percentile of both
+  directed distance sets taken together, as ``medpy.metric.binary.hd95`` computes it, which is
+  what many papers' tables report. It is never larger than the MONAI-style value.
+* MAE = mean |prediction - ground truth| over pixels, from the predicted labels (a fraction in
+  [0, 1]); :func:`mae` also takes probabilities, but the evaluation tables use labels at both
+  resolutions so the two columns compare.
 * Pixel accuracy = fraction of pixels whose label is right (all classes).
 
-Empty-mask policy (``EMPTY_MASK_POLICY``):
+Which tables use what: ``hrmedseg evaluate`` (``per_image.csv``, ``summary.json``) and the
+trainer's test evaluation use the empty-mask policy below and MONAI-style HD95 unless asked
+otherwise (``--ignore-empty``, ``--hd95 medpy``); ``summary.json`` records both choices.
+
+Units: files (JSON, CSV) hold fractions (Dice 0.9234); only console lines meant for people print
+Dice, IoU and pixel accuracy in percent (92.34). Distances are in pixels, or in the units of
+``spacing`` when given.
+
+Empty-mask policy (``EMPTY_MASK_POLICY``), the default (``ignore_empty=False``, MONAI's
+``DiceMetric(ignore_empty=False)``):
 
 * prediction and ground truth both empty -> Dice = IoU = 1, HD = HD95 = 0 (a correct "nothing here");
 * exactly one of them empty -> Dice = IoU = 0, HD = HD95 = the image diagonal
   ``sqrt((H * sy)^2 + (W * sx)^2)`` in pixel units (or spacing units when ``spacing`` is given), the
   worst distance the image allows, so that failures stay finite and inside means.
+
+``ignore_empty=True`` matches the default of MONAI's ``DiceMetric`` (``ignore_empty=True``): an
+image (class) whose ground truth is empty gets NaN for Dice, IoU, HD and HD95 whatever was
+predicted, and :func:`summarize` leaves NaNs out of the means.
 
 Binary models (1 output class, or ``num_classes`` <= 2) report the foreground class only; for
 multi-class the reported value is the mean over foreground classes 1..K-1, with per-class values in
@@ -33,7 +51,8 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "EMPTY_MASK_POLICY", "dice", "iou", "hausdorff", "hd95", "mae", "pixel_accuracy",
+    "EMPTY_MASK_POLICY", "HD95_STYLES", "dice", "iou", "hausdorff", "hd95", "hd95_medpy", "mae",
+    "pixel_accuracy",
     "compute_metrics", "summarize", "image_diagonal",
 ]
 
@@ -42,6 +61,11 @@ EMPTY_MASK_POLICY: dict[str, dict[str, float | str]] = {
     "both_empty": {"dice": 1.0, "iou": 1.0, "hd": 0.0, "hd95": 0.0},
     "one_empty": {"dice": 0.0, "iou": 0.0, "hd": "diagonal", "hd95": "diagonal"},
 }
+
+
+#: ``"monai"``: max of the two directed 95th percentiles; ``"medpy"``: 95th percentile of both
+#: directed sets together (``medpy.metric.binary.hd95``).
+HD95_STYLES = ("monai", "medpy")
 
 
 def _binary(a: Any) -> np.ndarray:
@@ -104,20 +128,10 @@ def _directed(from_edges: np.ndarray, to_edges: np.ndarray, sampling: tuple[floa
     return dist[from_edges]
 
 
-def hausdorff(
-    pred: Any, gt: Any, spacing: float | Sequence[float] | None = None, percentile: float | None = None
-) -> float:
-    """Symmetric Hausdorff distance between boundaries (``percentile`` e.g. 95 for HD95).
-
-    Both empty -> 0; exactly one empty -> image diagonal (policy). Work is restricted to the bounding
-    box of both masks plus one pixel, which gives the same distances at a fraction of the cost.
-    """
-    p, g = _pair(pred, gt)
-    pa, ga = bool(p.any()), bool(g.any())
-    if not pa and not ga:
-        return 0.0
-    if pa != ga:
-        return image_diagonal(p.shape, spacing)
+def _surface_distances(p: np.ndarray, g: np.ndarray, spacing: float | Sequence[float] | None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Directed boundary distances pred->gt and gt->pred of two non-empty masks. Work is restricted
+    to the bounding box of both masks plus one pixel: the same distances at a fraction of the cost."""
     rows = np.flatnonzero((p | g).any(axis=1))
     cols = np.flatnonzero((p | g).any(axis=0))
     r0, r1 = max(rows[0] - 1, 0), min(rows[-1] + 2, p.shape[0])
@@ -125,7 +139,33 @@ def hausdorff(
     p, g = p[r0:r1, c0:c1], g[r0:r1, c0:c1]
     ep, eg = _edges(p), _edges(g)
     sampling = _spacing2(spacing)
-    d_pg, d_gp = _directed(ep, eg, sampling), _directed(eg, ep, sampling)
+    return _directed(ep, eg, sampling), _directed(eg, ep, sampling)
+
+
+def _empty_distance(p: np.ndarray, g: np.ndarray, spacing: float | Sequence[float] | None
+                    ) -> float | None:
+    """The policy's distance when a mask is empty (0 or the diagonal), None when neither is."""
+    pa, ga = bool(p.any()), bool(g.any())
+    if not pa and not ga:
+        return 0.0
+    if pa != ga:
+        return image_diagonal(p.shape, spacing)
+    return None
+
+
+def hausdorff(
+    pred: Any, gt: Any, spacing: float | Sequence[float] | None = None, percentile: float | None = None
+) -> float:
+    """Symmetric Hausdorff distance between boundaries (``percentile`` e.g. 95 for HD95, MONAI
+    style: the larger of the two directed percentiles).
+
+    Both empty -> 0; exactly one empty -> image diagonal (policy).
+    """
+    p, g = _pair(pred, gt)
+    empty = _empty_distance(p, g, spacing)
+    if empty is not None:
+        return empty
+    d_pg, d_gp = _surface_distances(p, g, spacing)
     if percentile is None:
         return float(max(d_pg.max(), d_gp.max()))
     if not 0 <= percentile <= 100:
@@ -136,6 +176,18 @@ def hausdorff(
 def hd95(pred: Any, gt: Any, spacing: float | Sequence[float] | None = None) -> float:
     """95th-percentile symmetric Hausdorff distance (MONAI ``percentile=95`` convention)."""
     return hausdorff(pred, gt, spacing, percentile=95)
+
+
+def hd95_medpy(pred: Any, gt: Any, spacing: float | Sequence[float] | None = None) -> float:
+    """HD95 as ``medpy.metric.binary.hd95``: the 95th percentile (linear interpolation) of the
+    pred->gt and gt->pred boundary distances pooled into one set. Empty masks follow the policy
+    (medpy itself raises for them)."""
+    p, g = _pair(pred, gt)
+    empty = _empty_distance(p, g, spacing)
+    if empty is not None:
+        return empty
+    d_pg, d_gp = _surface_distances(p, g, spacing)
+    return float(np.percentile(np.concatenate([d_pg, d_gp]), 95))
 
 
 def mae(prob_or_pred: Any, gt: Any) -> float:
@@ -164,6 +216,8 @@ def compute_metrics(
     *,
     class_names: Sequence[str] | None = None,
     hd: bool = True,
+    ignore_empty: bool = False,
+    hd95_style: str = "monai",
 ) -> dict[str, float]:
     """All metrics for one image as a flat dict.
 
@@ -173,7 +227,11 @@ def compute_metrics(
     ``dice, iou, hd, hd95, mae, pixel_accuracy`` for the foreground. Multi-class: the same keys as
     means over foreground classes, plus ``"dice/<c>"``... per class (``c`` = name or index).
     ``hd=False`` skips the distance metrics, which are the only costly ones.
+    ``ignore_empty=True``: classes with an empty ground truth give NaN for Dice/IoU/HD/HD95 (MONAI
+    ``DiceMetric`` default); ``hd95_style`` is ``"monai"`` or ``"medpy"`` (see the module docstring).
     """
+    if hd95_style not in HD95_STYLES:
+        raise ValueError(f"hd95_style must be one of {HD95_STYLES}, got {hd95_style!r}")
     p, g = _to_np(pred_labels), _to_np(gt_labels)
     if p.shape != g.shape or p.ndim != 2:
         raise ValueError(f"expected two (H, W) label maps of equal shape, got {p.shape} and {g.shape}")
@@ -187,7 +245,9 @@ def compute_metrics(
         vals = {"dice": dice(pc, gc), "iou": iou(pc, gc)}
         if hd:
             vals["hd"] = hausdorff(pc, gc, spacing)
-            vals["hd95"] = hd95(pc, gc, spacing)
+            vals["hd95"] = (hd95 if hd95_style == "monai" else hd95_medpy)(pc, gc, spacing)
+        if ignore_empty and not gc.any():
+            vals.update({k: float("nan") for k in vals})
         if pr is None:
             vals["mae"] = mae(pc, gc)
         elif pr.ndim == 2:

@@ -211,7 +211,8 @@ def _call(model_name: str, cls: type, kwargs: dict[str, Any], where: str) -> nn.
 
 
 def _build_monai(model_name: str, cfg: BaselineConfig) -> nn.Module:
-    from monai.networks import nets  # noqa: PLC0415 (MONAI imports slowly; only when used)
+    from .._optional import require
+    nets = require("monai.networks.nets", extra="baselines", feature=model_name)  # imports slowly
 
     cls = getattr(nets, cfg.arch)
     params = inspect.signature(cls).parameters

@@ -257,7 +257,8 @@ def format_markdown(rows: Sequence[BenchmarkRow], meta: Mapping[str, Any] | None
 def plot_benchmark(rows: Sequence[BenchmarkRow], path: Path, dice: Mapping[str, float] | None = None,
                    title: str = "") -> None:
     """Peak memory / image (log) vs training images/s; and vs Dice when ``dice`` is given."""
-    import matplotlib
+    from .._optional import require
+    matplotlib = require("matplotlib", extra="train", feature="the benchmark plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

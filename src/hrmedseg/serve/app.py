@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import io
 import json
+import logging
 import math
 import time
 from contextlib import asynccontextmanager
@@ -19,15 +20,32 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import HrmedsegError
-from .batching import DynamicBatcher, QueueFull
-from .decode import UploadError, decode_upload
+from .._optional import require
+
+require("fastapi", extra="serve", feature="hrmedseg serve")
+from fastapi import FastAPI, Request  # noqa: E402
+from fastapi.exceptions import RequestValidationError  # noqa: E402
+from fastapi.responses import FileResponse, JSONResponse, Response  # noqa: E402
+from fastapi.staticfiles import StaticFiles  # noqa: E402
+from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
+
+from .batching import DynamicBatcher, QueueFull  # noqa: E402
+from .decode import UploadError, decode_upload  # noqa: E402
+
+#: One line per request: ``METHOD PATH STATUS MS``, at INFO (see :func:`configure_access_log`).
+access_log = logging.getLogger("hrmedseg.serve.access")
+
+
+def configure_access_log(stream: Any = None) -> logging.Handler:
+    """Print the access log (``hrmedseg.serve.access``) with a timestamp on ``stream`` (stderr)."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    access_log.addHandler(handler)
+    access_log.setLevel(logging.INFO)
+    access_log.propagate = False
+    return handler
 
 DEFAULT_MAX_UPLOAD_BYTES = 64 << 20
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -304,6 +322,19 @@ def create_app(segmenter_or_source: Any, *, token: str | None = None,
             if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
                 return err(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
         return await call_next(request)
+
+    # registered last, so it is the outermost middleware and sees 401s and errors too
+    @app.middleware("http")
+    async def _access(request: Request, call_next):
+        t0 = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            access_log.info("%s %s %d %.1f ms", request.method, request.url.path, status,
+                            (time.perf_counter() - t0) * 1000.0)
 
     @app.get("/healthz", summary="liveness: 200 when the server answers")
     async def healthz():

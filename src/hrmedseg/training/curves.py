@@ -7,7 +7,8 @@ from pathlib import Path
 
 
 def plot_training_curves(csv_path: Path, png_path: Path) -> None:
-    import matplotlib
+    from .._optional import require
+    matplotlib = require("matplotlib", feature="the training-curve plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator

@@ -79,7 +79,7 @@ def build_datasets(cfg: Config, num_classes: int, in_chans: int) -> RunData:
     # The cache stores everything at the model size: augmentation then works on small arrays.
     # A fresh cache is reused as it is (build_cache checks sizes and mtimes).
     cache = build_cache(index.samples, size, cache_dir, num_workers=max(0, d.workers),
-                        on_error=d.on_error)
+                        on_error=d.on_error, num_classes=num_classes)
 
     def make(stems: list[str], transform) -> SegmentationDataset:
         # uint8 out of the workers, normalised on the device: keeps up with the GPU at 1024².

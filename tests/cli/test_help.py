@@ -1,0 +1,53 @@
+"""Every option of every verb says what it does and shows its default."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from hrmedseg.cli.main import build_parser
+
+# Verbs whose options are written in modules maintained beside this test's change; the lead
+# drops them from this set when they adopt cli._common.add_verb and help texts.
+NOT_YET_COVERED = {"train", "distill", "train-esp", "compare", "zeroshot"}
+
+
+def _verbs() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+VERBS = sorted(v for v in _verbs() if v not in NOT_YET_COVERED)
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_option_has_help(verb):
+    p = _verbs()[verb]
+    missing = [a.option_strings or [a.dest] for a in p._actions
+               if not isinstance(a, argparse._HelpAction) and a.help != argparse.SUPPRESS
+               and not (a.help or "").strip()]
+    assert not missing, f"{verb}: no help for {missing}"
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_help_shows_defaults(verb):
+    p = _verbs()[verb]
+    text = " ".join(p.format_help().split())
+    for a in p._actions:
+        if a.option_strings and a.default not in (None, False, argparse.SUPPRESS, []) \
+                and a.help != argparse.SUPPRESS:
+            assert f"default: {a.default}" in text or "default" in (a.help or ""), \
+                f"{verb} {a.option_strings[0]}: default {a.default!r} not shown"
+
+
+@pytest.mark.parametrize("verb", ["profile", "benchmark", "predict", "evaluate"])
+def test_batch_size_everywhere_batch_hidden_alias(verb):
+    p = _verbs()[verb]
+    assert "--batch-size" in p.format_help()
+    assert "--batch " not in p.format_help() and "--batch," not in p.format_help()
+    base = {"profile": ["m"], "benchmark": ["--models", "m", "-o", "x"],
+            "predict": ["m", "-o", "x"], "evaluate": ["m", "--data", "d", "-o", "x"]}[verb]
+    a = p.parse_args(base + ["--batch", "3"])
+    b = p.parse_args(base + ["--batch-size", "3"])
+    assert vars(a) == vars(b)

@@ -1,0 +1,47 @@
+"""Atomically written files and folders get the mode a plain ``open()``/``mkdir`` would give."""
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from hrmedseg.atomic import atomic_replace_dir, atomic_write_bytes
+
+
+@pytest.fixture
+def umask():
+    old = os.umask(0o022)
+    yield lambda m: os.umask(m)
+    os.umask(old)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_atomic_file_follows_umask(tmp_path, umask, mask):
+    umask(mask)
+    ref = tmp_path / "plain.bin"
+    with open(ref, "wb") as fh:      # what a non-atomic write produces
+        fh.write(b"x")
+    out = atomic_write_bytes(tmp_path / "a.bin", b"data")
+    assert stat.S_IMODE(out.stat().st_mode) == stat.S_IMODE(ref.stat().st_mode) == 0o666 & ~mask
+    # replacing an existing file keeps following the umask
+    out = atomic_write_bytes(out, b"again")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~mask
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_atomic_dir_follows_umask(tmp_path, umask, mask):
+    umask(mask)
+    (tmp_path / "plain").mkdir()
+    final = atomic_replace_dir(tmp_path / "run", lambda d: (d / "f.txt").write_text("x"))
+    assert stat.S_IMODE(final.stat().st_mode) == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+
+
+def test_png_mask_written_0644_under_umask_022(tmp_path, umask):
+    import numpy as np
+
+    from hrmedseg.data.io import write_mask_png
+
+    umask(0o022)
+    p = write_mask_png(tmp_path / "m.png", np.zeros((4, 4), np.uint8))
+    assert stat.S_IMODE(p.stat().st_mode) == 0o644
