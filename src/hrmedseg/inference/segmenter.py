@@ -47,9 +47,8 @@ def _resolve_model(source: str | os.PathLike | nn.Module, device: torch.device
     p = Path(source)
     for cand in (p, p / "checkpoints" / "best", p / "checkpoints" / "last"):
         if (cand / "config.json").is_file():
-            cfg = read_config(cand)
-            pre = cfg.get("metadata", {}).get("preprocess") or cfg.get("preprocess", {})
-            return from_pretrained(cand).to(device), pre
+            meta = read_config(cand).get("metadata", {})
+            return from_pretrained(cand).to(device), meta.get("preprocess", {})
     name, _, tag = str(source).partition(":")
     if is_model(name):
         # A name alone means the model's shipped whole-model weight ("full"), never an
