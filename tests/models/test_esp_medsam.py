@@ -8,8 +8,9 @@ import torch.nn.functional as F
 
 import hrmedseg
 from hrmedseg.models.esp_medsam import (ControlledTinyViTBlock, ESPMedSAM, ESPMedSAMConfig,
-                                        esp_medsam_loss, load_mobile_sam_weights, sppg_targets)
-from hrmedseg.models.sam import TinyViT
+                                        load_mobile_sam_weights, sppg_targets)
+from hrmedseg.models.tinyvit import TinyViT
+from hrmedseg.training.losses import esp_medsam_loss
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 if not SHARED.is_dir():

@@ -254,9 +254,11 @@ def test_speed_switches_default_on_reach_their_layers_and_keep_fp32_values():
     ref = plain.eval()(x).detach()
     assert low.dtype == torch.bfloat16
     assert (low.float() - ref).norm() / ref.norm() < 5e-2
-    # switched back on the built model: the reference path again, config updated
-    fast.set_fast_paths(fast_norm=False, fast_attention=False, pool_channels_first=False)
-    assert not (fast.config.fast_norm or fast.config.fast_attention
-                or fast.config.pool_channels_first)
+    # switched back on the built model: the reference path again (runtime options)
+    fast.set_fast_paths(fast_norm=False, fast_attention=False, pool_channels_first=False,
+                        pool_impl="direct")
+    assert fast.fast_paths == {"fast_norm": False, "fast_attention": False,
+                               "pool_channels_first": False, "pool_impl": "direct"}
+    assert all(m.impl == "direct" for m in fast.modules() if isinstance(m, MultiscalePooling))
     assert all(m.upcast for m in fast.modules() if isinstance(m, DualGatedLinearAttention))
     assert not any(m.channels_first for m in fast.modules() if isinstance(m, MultiscalePooling))

@@ -1,5 +1,6 @@
-"""SAM family: parity with segment-anything, TinyViT vs MobileSAM's checkpoint, box prompts,
-checkpoint download/loading."""
+"""SAM family: parity with segment-anything, TinyViT vs MobileSAM's checkpoint, box prompts
+(SamPredictor), official checkpoints fetched through the Hugging Face Hub (offline cache) and
+loaded by key."""
 import copy
 import hashlib
 import importlib.util
@@ -14,13 +15,18 @@ import torch
 import torch.nn.functional as F
 
 import hrmedseg
+from hrmedseg.inference.predictor import SamPredictor
 from hrmedseg.inference.prompts import boxes_from_mask
 from hrmedseg.layers import PromptEncoder
 from hrmedseg.models._hub import CheckpointError
-from hrmedseg.models.sam import (EMPTY_LOGIT, SAM_CHECKPOINTS, ChecksumError,
-                                 HRMedSegImageEncoder, MaskDecoder, SamModel, TinyViT,
-                                 download_checkpoint, load_hrmedseg_encoder, load_sam_checkpoint,
-                                 to_sam_state_dict)
+from hrmedseg.models._pretrained import PretrainedWeightError
+from hrmedseg.models.mask_decoder import MaskDecoder
+from hrmedseg.models.sam import (EMPTY_LOGIT, HRMedSegImageEncoder, SamModel,
+                                 load_hrmedseg_encoder)
+from hrmedseg.models.sam_checkpoints import (ChecksumError, download_checkpoint, find_checkpoint,
+                                             load_sam_checkpoint, sam_checkpoints,
+                                             to_sam_state_dict)
+from hrmedseg.models.tinyvit import TinyViT
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 if not SHARED.is_dir():
@@ -235,11 +241,13 @@ def test_box_pipeline_matches_segment_anything_sam(sa, original):
     image = torch.rand(1, 3, *original) * 255
     boxes = torch.tensor([[10.0, 12, 90, 80], [40, 30, 120, 90]])
     with torch.no_grad():
-        ours = model.predict_boxes(image, [boxes], combine=False)[0]
+        predictor = SamPredictor(model)
+        ours = predictor.predict_boxes(image, [boxes], combine=False)[0]
         size = model.preprocess_shape(*original)
         resized = F.interpolate(image, size, mode="bilinear", align_corners=False, antialias=True)
         out = ref([{"image": resized[0], "original_size": original,
-                    "boxes": model.transform_boxes(boxes, original)}], multimask_output=False)[0]
+                    "boxes": predictor.transform_boxes(boxes, original)}],
+                  multimask_output=False)[0]
         theirs = ref.postprocess_masks(out["low_res_logits"], size, original)
     assert ours.shape == theirs.shape == (2, 1, *original)
     assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
@@ -317,12 +325,14 @@ def test_predict_boxes_batched_lists_and_combination():
     images = torch.randint(0, 256, (3, 3, 120, 160), dtype=torch.uint8)
     boxes = [torch.tensor([[10.0, 10, 60, 50], [80, 40, 150, 110]]), torch.zeros(0, 4),
              torch.tensor([[5.0, 5, 100, 100]])]
+    p = SamPredictor(m)
     with torch.no_grad():
-        combined = m.predict_boxes(images, boxes)
-        per_box, iou = m.predict_boxes(images, boxes, combine=False, return_iou=True)
-        multi = m.predict_boxes(images, boxes, combine=False, multimask_output=True)
-        alone = m.predict_boxes(images[2:], boxes[2][None])           # (B, N, 4) form
+        combined = p.predict_boxes(images, boxes)
+        per_box, iou = p.predict_boxes(images, boxes, combine=False, return_iou=True)
+        multi = p.predict_boxes(images, boxes, combine=False, multimask_output=True)
+        alone = p.predict_boxes(images[2:], boxes[2][None])           # (B, N, 4) form
         single = m(images[:1], torch.tensor([[10.0, 10, 60, 50]]))    # (B, 4) form
+        forward = m(images, boxes)                                    # the module alone
     assert combined.shape == (3, 1, 120, 160)
     assert [t.shape for t in per_box] == [(2, 1, 120, 160), (0, 1, 120, 160), (1, 1, 120, 160)]
     assert [t.shape for t in iou] == [(2, 1), (0, 1), (1, 1)]
@@ -331,6 +341,13 @@ def test_predict_boxes_batched_lists_and_combination():
     assert torch.all(combined[1] == EMPTY_LOGIT)
     assert torch.allclose(alone[0], combined[2], atol=1e-4)
     assert torch.allclose(single[0, 0], per_box[0][0, 0], atol=1e-4)
+    assert torch.allclose(forward, combined, atol=1e-5)
+
+
+def test_predictor_refuses_models_without_box_prompts():
+    with pytest.raises(TypeError, match="SAM-family"):
+        SamPredictor(hrmedseg.create_model("hrmedseg", img_size=64, embed_dim=24, depth=2,
+                                           num_heads=(6, 6, 6)))
 
 
 def test_predict_from_masks_uses_one_box_per_component():
@@ -340,7 +357,7 @@ def test_predict_from_masks_uses_one_box_per_component():
     masks[0, 0, 5:20, 10:30] = 1
     masks[0, 0, 40:60, 50:90] = 1
     with torch.no_grad():
-        out = m.predict_from_masks(images, masks, combine=False)
+        out = SamPredictor(m).predict_from_masks(images, masks, combine=False)
     assert [t.shape[0] for t in out] == [2, 0]
 
 
@@ -387,8 +404,9 @@ def test_save_pretrained_round_trip(tmp_path):
 def test_pretrained_true_without_local_checkpoint_explains(tmp_path, monkeypatch):
     monkeypatch.setenv("HRMEDSEG_CHECKPOINT_DIR", str(tmp_path))
     monkeypatch.setenv("HOME", str(tmp_path))
-    with pytest.raises(hrmedseg.models._pretrained.PretrainedWeightError,
-                       match="download_checkpoint"):
+    with pytest.raises(PretrainedWeightError,
+                       match=r"'mobile_sam' \(mobile_sam.pt of the Hugging Face space "
+                             r"dhkim2810/MobileSAM\) could not be fetched.*HRMEDSEG_CHECKPOINT_DIR"):
         tiny_mobile_sam(pretrained=True)
 
 
@@ -426,52 +444,69 @@ def test_boxes_from_empty_mask():
 # ---------------------------------------------------------------------------------------------
 
 def test_official_checkpoints_described_as_data():
-    assert set(SAM_CHECKPOINTS) == {"sam_vit_b", "sam_vit_l", "sam_vit_h", "mobile_sam"}
-    for name, info in SAM_CHECKPOINTS.items():
+    """One weights catalogue: the official checkpoints are entries of weights.json."""
+    raw = json.loads((Path(hrmedseg.__file__).parent / "weights" / "weights.json").read_text())
+    official = sam_checkpoints()
+    assert set(official) == {"sam_vit_b", "sam_vit_l", "sam_vit_h", "mobile_sam"}
+    assert all(raw[tag]["format"] == "sam" for tag in official)
+    for name, info in official.items():
         assert info.url.startswith("https://") and info.filename.endswith((".pth", ".pt"))
         assert re.fullmatch(r"[0-9a-f]{64}", info.sha256), name
-    assert len({info.sha256 for info in SAM_CHECKPOINTS.values()}) == len(SAM_CHECKPOINTS)
+        assert info.hf_repo.count("/") == 1 and info.hf_file.endswith(info.filename)
+        assert not info.shipped
+    assert official["mobile_sam"].sha256 == MOBILE_SAM_SHA
+    assert official["sam_vit_h"].image_encoder == "vit_h"
+    assert len({info.sha256 for info in official.values()}) == len(official)
     # the catalogue's checksum is the file's: every official checkpoint present here is hashed
-    local = [(n, SHARED / "weights" / i.filename) for n, i in SAM_CHECKPOINTS.items()
+    local = [(n, SHARED / "weights" / i.filename) for n, i in official.items()
              if (SHARED / "weights" / i.filename).is_file()]
     if not local:
         pytest.skip(f"no official SAM checkpoint in {SHARED / 'weights'}")
     for name, path in local:
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == SAM_CHECKPOINTS[name].sha256, path
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == official[name].sha256, path
 
 
-def test_download_checkpoint_file_url(tmp_path):
-    src = tmp_path / "src" / "weights.pt"
-    src.parent.mkdir()
-    payload = b"not really a checkpoint" * 1000
-    src.write_bytes(payload)
-    sha = hashlib.sha256(payload).hexdigest()
-    out = tmp_path / "out"
-    out.mkdir()
-    path = download_checkpoint("mine", out, url=src.as_uri(), sha256=sha)
-    assert path == out / "weights.pt" and path.read_bytes() == payload
-    # already there with the right hash: kept, not fetched again
-    src.write_bytes(b"changed")
-    assert download_checkpoint("mine", out, url=src.as_uri(), sha256=sha) == path
-    # to an explicit file name
-    src.write_bytes(payload)
-    other = download_checkpoint("mine", tmp_path / "x" / "named.bin", url=src.as_uri(), sha256=sha)
-    assert other.read_bytes() == payload
-    # a folder that does not exist yet, named with a trailing separator
-    fresh = download_checkpoint("mine", f"{tmp_path / 'new'}/", url=src.as_uri(), sha256=sha)
-    assert fresh == tmp_path / "new" / "weights.pt" and fresh.read_bytes() == payload
+def _fake_checkpoint() -> tuple[bytes, dict]:
+    """A MobileSAM-format state dict of the tiny model, as torch.save bytes."""
+    import io
+    m = tiny_mobile_sam(encoder_args={**TINY_VIT, "head_classes": 1000})
+    _perturb(m, 11)
+    buf = io.BytesIO()
+    state = to_sam_state_dict(m)
+    torch.save(state, buf)
+    return buf.getvalue(), state
 
 
-def test_download_checkpoint_rejects_wrong_sha(tmp_path):
-    src = tmp_path / "fake_mobile_sam.pt"
-    src.write_bytes(b"garbage")
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    with pytest.raises(ChecksumError, match="does not match"):
-        download_checkpoint("mobile_sam", dest, url=src.as_uri())   # recorded MobileSAM sha
-    assert list(dest.iterdir()) == []                              # no partial / wrong file
-    with pytest.raises(KeyError, match="unknown SAM checkpoint"):
-        download_checkpoint("sam_vit_x", dest)
+def test_download_checkpoint_through_the_hub_cache_checks_sha256(hf_cache, monkeypatch):
+    payload, state = _fake_checkpoint()
+    info = sam_checkpoints()["mobile_sam"]
+    snap = hf_cache(info.hf_repo, {info.hf_file: payload}, repo_type=info.hf_repo_type)
+    # The recorded sha256 is the real MobileSAM's: this file is refused and removed.
+    with pytest.raises(ChecksumError, match="is not 6dbb9052.*removed"):
+        download_checkpoint("mobile_sam")
+    assert not (snap / info.hf_file).exists()
+    assert find_checkpoint("mobile_sam") is None
+    # With its own hash recorded it is found in the cache, read and loaded by key.
+    import dataclasses
+    from hrmedseg.models import _pretrained
+    fake = dataclasses.replace(info, sha256=hashlib.sha256(payload).hexdigest())
+    index = {**_pretrained.weight_index(), "mobile_sam": fake}
+    monkeypatch.setattr(_pretrained, "weight_index", lambda: index)
+    import hrmedseg.models.sam_checkpoints as sc
+    monkeypatch.setattr(sc, "weight_index", lambda: index)
+    hf_cache(info.hf_repo, {info.hf_file: payload}, repo_type=info.hf_repo_type)
+    path = download_checkpoint("mobile_sam")
+    assert path.read_bytes() == payload and find_checkpoint("mobile_sam") == path
+    loaded = tiny_mobile_sam(encoder_args={**TINY_VIT, "head_classes": 1000},
+                             pretrained=True)
+    assert loaded.pretrained_weight == "mobile_sam"
+    assert torch.equal(to_sam_state_dict(loaded)["mask_decoder.iou_token.weight"],
+                       state["mask_decoder.iou_token.weight"])
+
+
+def test_unknown_checkpoint_name():
+    with pytest.raises(PretrainedWeightError, match="unknown SAM checkpoint 'sam_vit_x'"):
+        download_checkpoint("sam_vit_x")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,7 +554,8 @@ def test_mobile_sam_segments_kvasir_with_gt_box():
         gt = np.asarray(Image.open(KVASIR / "masks" / f"{stem}.jpg").convert("L")) >= 128
         boxes = torch.from_numpy(boxes_from_mask(gt, min_area=16))
         with torch.no_grad():
-            logits = m.predict_boxes(torch.from_numpy(image).permute(2, 0, 1)[None], [boxes])
+            logits = SamPredictor(m).predict_boxes(
+                torch.from_numpy(image).permute(2, 0, 1)[None], [boxes])
         pred = (logits[0, 0] > 0).numpy()
         assert pred.shape == gt.shape
         dices.append(2 * (pred & gt).sum() / (pred.sum() + gt.sum()))

@@ -86,9 +86,11 @@ def zeroshot_predict(model: Any, images: Sequence[np.ndarray], gts: Sequence[np.
     original resolution, ``logits_model`` (h, w) at the resized model resolution (united over
     the boxes; ``EMPTY_LOGIT`` with no box).
     """
+    from ..inference.predictor import SamPredictor
     from ..inference.prompts import boxes_from_mask
     from ..models.sam import EMPTY_LOGIT
 
+    predictor = SamPredictor(model)
     device = torch.device(device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     ctx = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
@@ -107,7 +109,7 @@ def zeroshot_predict(model: Any, images: Sequence[np.ndarray], gts: Sequence[np.
     out: list[dict[str, Any]] = []
     low_all = None
     if sum(counts):
-        flat = torch.cat([model.transform_boxes(b.to(device), o) for b, o in zip(boxes, origs)])
+        flat = torch.cat([predictor.transform_boxes(b.to(device), o) for b, o in zip(boxes, origs)])
         index = torch.repeat_interleave(torch.arange(len(xs), device=device),
                                         torch.tensor(counts, device=device))
         with ctx:
@@ -117,8 +119,8 @@ def zeroshot_predict(model: Any, images: Sequence[np.ndarray], gts: Sequence[np.
     for i, (n, s, o) in enumerate(zip(counts, sizes, origs)):
         if n:
             low = low_all[start:start + n]
-            full = model.postprocess_masks(low, s, o)[:, 0].amax(0)
-            small = model.postprocess_masks(low, s, s)[:, 0].amax(0)
+            full = predictor.postprocess_masks(low, s, o)[:, 0].amax(0)
+            small = predictor.postprocess_masks(low, s, s)[:, 0].amax(0)
         else:
             full = torch.full(o, EMPTY_LOGIT, device=device)
             small = torch.full(s, EMPTY_LOGIT, device=device)

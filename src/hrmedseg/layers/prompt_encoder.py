@@ -84,5 +84,8 @@ class PromptEncoder(nn.Module):
         if masks is not None:
             dense = self.mask_downscaling(masks)
         else:
-            dense = weight.reshape(1, -1, 1, 1).expand(bs, -1, size[0], size[1])
+            # Looked up, not the parameter itself: a view of a parameter made under no_grad
+            # requires grad without a grad_fn, which breaks FlopCounterMode's module hooks.
+            no_mask = self.no_mask_embed(torch.zeros(1, dtype=torch.long, device=weight.device))
+            dense = no_mask.reshape(1, -1, 1, 1).expand(bs, -1, size[0], size[1])
         return sparse, dense

@@ -12,9 +12,11 @@ from torch import nn
 
 from ..atomic import atomic_write_bytes
 from ..errors import HrmedsegError
+from ._hub import CONFIG_NAME, README_NAME, WEIGHTS_NAME, from_pretrained as _load_pretrained
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+# The statistics images are normalised with before any model of the package ("imagenet").
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class InputSizeError(HrmedsegError, ValueError):
@@ -122,23 +124,71 @@ class SegmentationModel(nn.Module):
         """Named parts for the profiler's per-part parameter counts."""
         return {"model": self}
 
+    # -- what the model expects ------------------------------------------------------------
+    def preprocessing(self) -> dict[str, Any]:
+        """How images are prepared for this model: size (H, W), channels, normalisation and
+        its mean/std on 0-1 values. Saved in ``config.json`` by :meth:`save_pretrained`."""
+        size = getattr(self.config, "img_size", None)
+        if isinstance(size, int):
+            size = (size, size)
+        c = self.in_chans
+        mean = IMAGENET_MEAN if c == 3 else (sum(IMAGENET_MEAN) / 3,) * c
+        std = IMAGENET_STD if c == 3 else (sum(IMAGENET_STD) / 3,) * c
+        return {"size": list(size) if size else None, "channels": c, "normalize": "imagenet",
+                "mean": [round(v, 6) for v in mean], "std": [round(v, 6) for v in std]}
+
+    def model_card(self, preprocess: dict[str, Any] | None = None) -> str:
+        """A README.md for the model folder: name, parameters, task, outputs, preprocessing."""
+        pre = preprocess if preprocess is not None else self.preprocessing()
+        n_params = sum(p.numel() for p in self.parameters())
+        classes = self.num_classes
+        output = ("one logit channel; sigmoid gives the foreground probability"
+                  if self.activation == "sigmoid" else
+                  f"{classes} logit channels; softmax over channel 1 gives class probabilities, "
+                  "argmax the label map")
+        lines = [
+            "---", "library_name: hrmedseg", "tags:", "- image-segmentation",
+            "- medical-imaging", "---", "", f"# {self.model_name}", "",
+            f"Segmentation model `{self.model_name}` of hrmedseg "
+            f"(`hrmedseg.from_pretrained(\"<this folder or org/name>\")`).", "",
+            f"- Parameters: {n_params:,}",
+            f"- Task: {'binary' if classes == 1 else f'{classes}-class'} semantic segmentation "
+            f"of {self.in_chans}-channel images",
+            f"- Input: (B, {self.in_chans}, H, W) float; height and width multiples of "
+            f"{self.size_multiple}",
+            f"- Output: logits (B, {classes}, H, W) at the input size; {output}",
+            "- Preprocessing: " + ", ".join(f"{k} = {v}" for k, v in pre.items()), "",
+            "Files: `config.json` (architecture, arguments, preprocessing) and "
+            "`model.safetensors` (weights).", ""]
+        return "\n".join(lines)
+
     # -- persistence -----------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically)."""
+        """Write ``config.json``, ``model.safetensors`` and a model card ``README.md`` into
+        ``directory`` (atomically). Runtime options (speed switches) are not architecture and
+        are not saved; the preprocessing is (``metadata["preprocess"]`` when given, e.g. by the
+        trainer, else the model's own :meth:`preprocessing`)."""
         from safetensors.torch import save as st_save
         from .. import __version__
 
         directory = Path(directory)
+        preprocess = dict((metadata or {}).get("preprocess") or self.preprocessing())
         cfg = {"architecture": self.model_name, "model_args": config_to_dict(self.config),
-               "hrmedseg_version": __version__}
+               "preprocess": preprocess, "hrmedseg_version": __version__}
         if metadata:
             cfg["metadata"] = metadata
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         atomic_write_bytes(directory / WEIGHTS_NAME, st_save(tensors))
+        atomic_write_bytes(directory / README_NAME, self.model_card(preprocess).encode())
         atomic_write_bytes(directory / CONFIG_NAME, (json.dumps(cfg, indent=2) + "\n").encode())
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, **overrides: Any) -> nn.Module:
-        from ._hub import from_pretrained
-        return from_pretrained(directory, **overrides)
+    def from_pretrained(cls, source: str | os.PathLike, **overrides: Any) -> "SegmentationModel":
+        """A model saved by :meth:`save_pretrained` (a folder or a Hub ``org/name``); it must
+        be an instance of ``cls``."""
+        model = _load_pretrained(source, **overrides)
+        if not isinstance(model, cls):
+            raise TypeError(f"{source}: holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+

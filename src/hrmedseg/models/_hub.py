@@ -1,4 +1,9 @@
-"""Loading models saved by ``save_pretrained`` (config.json + model.safetensors)."""
+"""Model folders (config.json + model.safetensors): reading them, and ``from_pretrained``
+from a local folder or a Hugging Face Hub repository (``"org/name"``).
+
+Below the model families and :mod:`~hrmedseg.models._base`: this module imports only the
+registry table, so no family and no base class imports back into it.
+"""
 from __future__ import annotations
 
 import json
@@ -10,7 +15,11 @@ import torch
 from torch import nn
 
 from ..errors import HrmedsegError
-from ._base import CONFIG_NAME, WEIGHTS_NAME
+from ._registry import create_model
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+README_NAME = "README.md"
 
 
 class CheckpointError(HrmedsegError, RuntimeError):
@@ -41,12 +50,40 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
-def from_pretrained(directory: str | os.PathLike, map_location: str | torch.device = "cpu",
-                    **overrides: Any) -> nn.Module:
-    """Rebuild a model from a ``save_pretrained`` folder; ``overrides`` change config fields
-    that do not change parameter shapes (e.g. ``drop_path_rate``)."""
-    from ._registry import create_model
+def _looks_like_repo_id(source: str) -> bool:
+    """``org/name`` (optionally ``org/name@revision``): two path parts, no local meaning."""
+    parts = source.split("@", 1)[0].split("/")
+    return len(parts) == 2 and all(parts) and not source.startswith((".", "/", "~"))
 
+
+def resolve_model_folder(source: str | os.PathLike, revision: str | None = None,
+                         cache_dir: str | os.PathLike | None = None) -> Path:
+    """A local model folder for ``source``: the folder itself when it exists, else the
+    snapshot of the Hugging Face Hub repository ``org/name`` (downloaded once into the
+    Hugging Face cache; ``HF_HUB_OFFLINE=1`` uses the cache only)."""
+    path = Path(source)
+    if path.is_dir() or not _looks_like_repo_id(str(source)):
+        return path
+    repo_id, _, at = str(source).partition("@")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover - a dependency of the package
+        raise CheckpointError(f"{source}: not a local folder, and huggingface_hub (needed to "
+                              "fetch a Hub repository) is not installed") from None
+    try:
+        folder = snapshot_download(repo_id, revision=revision or at or None,
+                                   cache_dir=cache_dir,
+                                   allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, README_NAME])
+    except Exception as exc:  # offline cache miss, unknown repo, network errors
+        raise CheckpointError(f"{source}: not a local folder, and the Hugging Face Hub "
+                              f"repository could not be fetched ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    return Path(folder)
+
+
+def load_model_folder(directory: str | os.PathLike, map_location: str | torch.device = "cpu",
+                      **overrides: Any) -> nn.Module:
+    """Rebuild a model from a local ``save_pretrained`` folder."""
     cfg = read_config(directory)
     args = dict(cfg.get("model_args", {}))
     args.update(overrides)
@@ -55,6 +92,17 @@ def from_pretrained(directory: str | os.PathLike, map_location: str | torch.devi
     state = load_safetensors(Path(directory) / WEIGHTS_NAME)
     load_state_dict_checked(model, state, source=str(Path(directory) / WEIGHTS_NAME))
     return model.to(map_location)
+
+
+def from_pretrained(source: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+                    **overrides: Any) -> nn.Module:
+    """Rebuild a model from a ``save_pretrained`` folder or a Hugging Face Hub repository
+    (``"org/name"``, ``"org/name@revision"``) holding one; ``overrides`` change config
+    fields that do not change parameter shapes (e.g. ``drop_path_rate``) and runtime options
+    (e.g. ``fast_norm``)."""
+    folder = resolve_model_folder(source, revision=revision, cache_dir=cache_dir)
+    return load_model_folder(folder, map_location, **overrides)
 
 
 def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str,

@@ -1,9 +1,13 @@
 """Pretrained weights, described as data in ``hrmedseg/weights/weights.json``.
 
-Each entry names the file shipped in ``hrmedseg/weights/`` (or a URL for a large external
-checkpoint), its sha256, what it was trained on and how well it does. ``create_model(name,
-pretrained=True)`` picks the entry marked ``"default": true`` for that model;
-``pretrained="TAG"`` picks one by tag. Loading is offline; the hash is checked every time.
+Each entry names the file shipped in ``hrmedseg/weights/``, its sha256, what it was trained
+on and how well it does. ``create_model(name, pretrained=True)`` picks the entry marked
+``"default": true`` for that model; ``pretrained="TAG"`` picks one by tag. Loading a shipped
+file is offline; the hash is checked every time.
+
+External checkpoints (the official SAM and MobileSAM ones, ``"format": "sam"``) are described
+the same way, with the Hugging Face Hub repository and file they are fetched from
+(:mod:`hrmedseg.models.sam_checkpoints` fetches, verifies and loads them).
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import HrmedsegError
+from ._hub import load_safetensors, load_state_dict_checked
 
 WEIGHTS_INDEX = "weights.json"
 
@@ -43,6 +48,22 @@ class PretrainedWeight:
     preprocess: dict[str, Any] = field(default_factory=dict)   # size + normalisation it expects
     notes: str = ""
     teacher: str = ""                 # distilled weights: the teacher they learned from
+    # "safetensors": a file shipped in the package, keys of this package's model;
+    # "sam": an external segment-anything/MobileSAM torch state dict fetched from the Hub.
+    format: str = "safetensors"
+    hf_repo: str = ""                 # Hugging Face Hub repository the file is fetched from
+    hf_repo_type: str = "model"       # "model" or "space"
+    hf_file: str = ""                 # path of the file in that repository
+    image_encoder: str = ""           # SAM checkpoints: "vit_b" | "vit_l" | "vit_h" | "tinyvit"
+
+    @property
+    def shipped(self) -> bool:
+        """True for a file inside the package (no download)."""
+        return self.format == "safetensors" and not self.hf_repo
+
+    @property
+    def filename(self) -> str:
+        return Path(self.file).name
 
     def path(self) -> Path:
         return Path(str(resources.files("hrmedseg") / "weights" / self.file))
@@ -61,8 +82,11 @@ def weight_index() -> dict[str, PretrainedWeight]:
     return {tag: PretrainedWeight(tag=tag, **entry) for tag, entry in raw.items()}
 
 
-def list_pretrained(model: str | None = None) -> list[PretrainedWeight]:
-    return [w for w in weight_index().values() if model is None or w.model == model]
+def list_pretrained(model: str | None = None, shipped: bool | None = None
+                    ) -> list[PretrainedWeight]:
+    """Catalogue entries, of one model and/or only shipped (``True``) or external (``False``)."""
+    return [w for w in weight_index().values()
+            if (model is None or w.model == model) and (shipped is None or w.shipped == shipped)]
 
 
 def resolve_weight(model_name: str, pretrained: bool | str) -> PretrainedWeight:
@@ -71,7 +95,8 @@ def resolve_weight(model_name: str, pretrained: bool | str) -> PretrainedWeight:
     name needs: ``hrmedseg predict hrmedseg``); any other string: a tag."""
     index = weight_index()
     if pretrained == "full":
-        full = [w for w in index.values() if w.model == model_name and w.applies_to == "full"]
+        full = [w for w in index.values()
+                if w.model == model_name and w.applies_to == "full" and w.shipped]
         if not full:
             raise PretrainedWeightError(
                 f"model {model_name!r} ships no whole-model weight to predict with; give a "
@@ -83,7 +108,7 @@ def resolve_weight(model_name: str, pretrained: bool | str) -> PretrainedWeight:
                 f"no pretrained weight tagged {pretrained!r}; available: {sorted(index) or 'none'}")
         return index[pretrained]
     for w in index.values():
-        if w.model == model_name and w.default:
+        if w.model == model_name and w.default and w.shipped:
             return w
     own = [w.tag for w in index.values() if w.model == model_name]
     raise PretrainedWeightError(
@@ -101,9 +126,11 @@ def sha256_of(path: Path) -> str:
 
 def load_pretrained(model: nn.Module, model_name: str, pretrained: bool | str) -> PretrainedWeight:
     """Load the resolved weight into ``model`` (all of it, or only the parts it applies to)."""
-    from ._hub import load_safetensors, load_state_dict_checked
-
     weight = resolve_weight(model_name, pretrained)
+    if not weight.shipped:
+        raise PretrainedWeightError(
+            f"{weight.tag!r} is an external {weight.format} checkpoint (from {weight.hf_repo}); "
+            f"the {weight.model} model family loads it, not {model_name!r}")
     path = weight.path()
     if not path.is_file():
         raise PretrainedWeightError(f"{path}: weight file of {weight.tag!r} is missing from the package")

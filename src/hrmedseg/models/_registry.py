@@ -1,5 +1,8 @@
 """Model registry in the style of timm: one small registered function per variant.
 
+The registry is a table only: it imports no model family. ``hrmedseg.models`` (the package)
+imports every family, which registers its variants, before any name is looked up.
+
     >>> import hrmedseg
     >>> hrmedseg.list_models("hrmedseg*")
     >>> model = hrmedseg.create_model("hrmedseg", num_classes=1, img_size=1024)
@@ -61,16 +64,8 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | No
     return wrap(fn) if fn is not None else wrap
 
 
-def _ensure_loaded() -> None:
-    # Importing the model families registers their variants.
-    from . import hrmedseg  # noqa: F401
-    from . import _optional_families
-    _optional_families.load()
-
-
 def list_models(pattern: str = "*", family: str | None = None, tag: str | None = None) -> list[str]:
     """Registered names matching a shell-style ``pattern``, sorted."""
-    _ensure_loaded()
     names = [n for n in _ENTRYPOINTS if fnmatch.fnmatch(n, pattern)]
     if family is not None:
         names = [n for n in names if _INFO[n].family == family]
@@ -80,12 +75,10 @@ def list_models(pattern: str = "*", family: str | None = None, tag: str | None =
 
 
 def is_model(name: str) -> bool:
-    _ensure_loaded()
     return name in _ENTRYPOINTS
 
 
 def model_info(name: str) -> ModelInfo:
-    _ensure_loaded()
     _check_name(name)
     return _INFO[name]
 
@@ -115,7 +108,6 @@ def create_model(name: str, pretrained: bool | str = False, num_classes: int = 1
             sizes at run time (see each model's size rule).
         **overrides: any field of the model's config dataclass.
     """
-    _ensure_loaded()
     _check_name(name)
     if img_size is not None:
         overrides["img_size"] = img_size

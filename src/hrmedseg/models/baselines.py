@@ -45,6 +45,7 @@ import importlib.util
 import inspect
 import json
 import math
+import re
 import types
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -125,6 +126,9 @@ class _ArchSpec:
     groups: tuple[tuple[str, tuple[str, ...]], ...] = ()  # group -> child-name prefixes
     needs: tuple[str, ...] = ()                  # extra importable modules the network uses
     exact_size: bool = False                     # input must equal img_size (learned pos. emb.)
+    # patterns (re.search on the network's parameter names) of parameters its forward never
+    # uses, given the library kwargs
+    unused: Callable[[dict[str, Any]], tuple[str, ...]] = lambda kw: ()
 
 
 def _fixed(n: int) -> Callable[[nn.Module, dict[str, Any]], int]:
@@ -157,7 +161,9 @@ _ARCHS: dict[tuple[str, str], _ArchSpec] = {
         _fixed(16), _CNN_UNET_BLOCKS, (("encoder", ("conv_0", "down_")), ("decoder", ("upcat_", "final_conv")))),
     ("monai", "BasicUNetPlusPlus"): _ArchSpec(
         _fixed(16), _CNN_UNET_BLOCKS, (("encoder", ("conv_0_0", "conv_1_0", "conv_2_0", "conv_3_0", "conv_4_0")),
-                                       ("decoder", ("upcat_", "final_conv")))),
+                                       ("decoder", ("upcat_", "final_conv"))),
+        # without deep supervision only the last head (final_conv_0_4) gives the output
+        unused=lambda kw: () if kw.get("deep_supervision") else (r"^final_conv_0_[123]\.",)),
     ("monai", "AttentionUnet"): _ArchSpec(
         _strides_product, ("ConvBlock", "AttentionBlock", "UpConv", "Convolution")),
     ("monai", "SwinUNETR"): _ArchSpec(
@@ -166,7 +172,8 @@ _ARCHS: dict[tuple[str, str], _ArchSpec] = {
     ("monai", "UNETR"): _ArchSpec(
         _fixed(16), ("TransformerBlock", "UnetrBasicBlock", "UnetrPrUpBlock", "UnetrUpBlock"),
         (("encoder", ("vit",)), ("decoder", ("encoder", "decoder", "out"))), needs=("einops",),
-        exact_size=True),
+        # MONAI's TransformerBlock builds a cross-attention norm even without cross-attention
+        exact_size=True, unused=lambda kw: (r"\.norm_cross_attn\.",)),
     ("smp", "Unet"): _ArchSpec(_encoder_stride, _SMP_BLOCKS, _SMP_GROUPS),
     ("smp", "UnetPlusPlus"): _ArchSpec(_encoder_stride, _SMP_BLOCKS, _SMP_GROUPS),
     ("smp", "Segformer"): _ArchSpec(_encoder_stride, _SMP_BLOCKS, _SMP_GROUPS),
@@ -334,6 +341,12 @@ class LibraryModel(SegmentationModel):
             else:
                 block.__dict__.pop("forward", None)
         return super().set_grad_checkpointing(enable, fraction=fraction)
+
+    def unused_parameter_names(self) -> list[str]:
+        """Parameters the library network builds but its forward never uses."""
+        patterns = [re.compile(p) for p in self._spec.unused(self.config.library_kwargs)]
+        return [f"net.{n}" for n, _ in self.net.named_parameters()
+                if any(p.search(n) for p in patterns)]
 
     def parameter_groups(self) -> dict[str, nn.Module]:
         if not self._spec.groups:

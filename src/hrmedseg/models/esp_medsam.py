@@ -54,8 +54,9 @@ Parameter count (default config, Σ p.numel() over ``model.parameters()``):
   (encoder bags only) = 28 514 265 is within 0.2 % of the paper's 28.46 M. By default the
   head is left out (``include_imagenet_head=False``): it never touches the output.
 
-Loss: :func:`esp_medsam_loss` = λ·focal + Dice + BCE(SPPG patches) with λ = 20 by default
-(SAM's 20:1 focal:dice weighting; the paper leaves λ unstated). Focal uses α = 0.25, γ = 2.
+Loss (a training objective, :func:`hrmedseg.training.losses.esp_medsam_loss`) = λ·focal + Dice +
+BCE(SPPG patches, :func:`sppg_targets`) with λ = 20 by default (SAM's 20:1 focal:dice weighting;
+the paper leaves λ unstated). Focal uses α = 0.25, γ = 2.
 
 Inputs are float images normalised like SAM (ImageNet mean/std on a 0-1 scale is the same as
 SAM's pixel mean/std on 0-255); height and width must be multiples of 32 (16 for the encoder
@@ -78,15 +79,15 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import LayerNorm2d, MultiLayerMLP, PositionEmbeddingRandom, TwoWayTransformer
-from ..training.losses import DiceLoss, FocalLoss
 from ._base import SegmentationModel
 from ._registry import register_model
-from .sam import (BasicLayer, TinyViT, TinyViTBlock, WindowAttention,
-                  _tinyvit_key_from_mobile_sam, find_checkpoint, read_sam_state_dict)
+from .sam_checkpoints import download_checkpoint, find_checkpoint, read_sam_state_dict
+from .tinyvit import (BasicLayer, TinyViT, TinyViTBlock, WindowAttention,
+                      tinyvit_key_from_mobile_sam)
 
 __all__ = ["ESPMedSAMConfig", "ESPMedSAM", "ModalityController", "ModalityBag", "Adapter",
            "ControlledWindowAttention", "ControlledTinyViTBlock", "SelfPatchPromptGenerator",
-           "QueryDecoupledModalityDecoder", "sppg_targets", "esp_medsam_loss",
+           "QueryDecoupledModalityDecoder", "sppg_targets",
            "load_mobile_sam_weights", "LoadReport"]
 
 ModalityLike = int | torch.Tensor
@@ -407,7 +408,7 @@ class ESPMedSAM(SegmentationModel):
     """ESP-MedSAM: light encoder + modality controller, SPPG, QDMD (see the module docstring).
 
     ``forward(x, modality)`` → logits (B, 1, H, W); ``forward_with_aux`` also returns the SPPG
-    patch logits (B, 1, H/32, W/32) for :func:`esp_medsam_loss`.
+    patch logits (B, 1, H/32, W/32) for :func:`~hrmedseg.training.losses.esp_medsam_loss`.
     """
 
     def __init__(self, cfg: ESPMedSAMConfig, model_name: str = "esp_medsam") -> None:
@@ -513,37 +514,6 @@ class ESPMedSAM(SegmentationModel):
 
 
 # ---------------------------------------------------------------------------------------------
-# Loss
-# ---------------------------------------------------------------------------------------------
-
-_FOCAL = FocalLoss(alpha=0.25, gamma=2.0)
-_DICE = DiceLoss()
-
-
-def esp_medsam_loss(logits: torch.Tensor, sppg_logits: torch.Tensor, mask: torch.Tensor,
-                    lam: float = 20.0, sppg_weight: float = 1.0,
-                    return_parts: bool = False) -> Any:
-    """L = λ·focal(M, y) + Dice(M, y) + w·BCE(SPPG, maxpool(y)) (eq. 8 + eq. 5).
-
-    λ = 20 by default (SAM's 20:1 focal:Dice; the paper does not state its value), w = 1.
-    ``mask`` (B, 1, H, W) or (B, H, W) binary at the logits' size; the SPPG targets are the
-    mask max-pooled to the patch logits' grid. ``return_parts`` also returns a dict of the
-    three detached terms.
-    """
-    if mask.ndim == 3:
-        mask = mask.unsqueeze(1)
-    target = (mask > 0).float()
-    focal = _FOCAL(logits, target)
-    dice = _DICE(logits, target)
-    patches = sppg_targets(target, tuple(sppg_logits.shape[-2:]))
-    bce = F.binary_cross_entropy_with_logits(sppg_logits.float(), patches)
-    total = lam * focal + dice + sppg_weight * bce
-    if return_parts:
-        return total, {"focal": focal.detach(), "dice": dice.detach(), "sppg_bce": bce.detach()}
-    return total
-
-
-# ---------------------------------------------------------------------------------------------
 # MobileSAM weights
 # ---------------------------------------------------------------------------------------------
 
@@ -579,7 +549,7 @@ def load_mobile_sam_weights(model: ESPMedSAM, source: str | Path | dict[str, tor
     plan: dict[str, tuple[str, torch.Tensor]] = {}
     for key, value in state.items():
         if key.startswith("image_encoder."):
-            plan["image_encoder." + _tinyvit_key_from_mobile_sam(key[len("image_encoder."):])] = \
+            plan["image_encoder." + tinyvit_key_from_mobile_sam(key[len("image_encoder."):])] = \
                 (key, value)
         elif key.startswith(("mask_decoder.transformer.", "mask_decoder.output_upscaling.")):
             plan["decoder." + key[len("mask_decoder."):]] = (key, value)
@@ -614,13 +584,9 @@ def _build(name: str, defaults: dict[str, Any], pretrained: bool | str,
     model = ESPMedSAM(cfg, model_name=name)
     if pretrained:
         if pretrained is True or pretrained == "mobile_sam":
-            path = find_checkpoint("mobile_sam")
-            if path is None:
-                from ._pretrained import PretrainedWeightError
-                raise PretrainedWeightError(
-                    "ESP-MedSAM has no released weights here; pretrained=True loads MobileSAM's "
-                    "mobile_sam.pt into the encoder/decoder, but it was not found (see "
-                    "hrmedseg.models.sam.download_checkpoint) — or pass its path")
+            # ESP-MedSAM has no released weights: MobileSAM's checkpoint initialises the light
+            # encoder and decoder (found locally, else fetched from the Hub).
+            path = find_checkpoint("mobile_sam") or download_checkpoint("mobile_sam")
         else:
             path = Path(pretrained)
             if not path.is_file():

@@ -31,8 +31,36 @@ from ._base import SegmentationModel
 from ._pretrained import load_pretrained
 from ._registry import register_model
 
-__all__ = ["HRMedSegConfig", "HRMedSeg", "LGViT", "Neck", "ECMDecoder", "apply_fast_paths",
+__all__ = ["HRMedSegConfig", "HRMedSeg", "LGViT", "Neck", "ECMDecoder", "apply_fast_paths", "FAST_PATH_DEFAULTS",
+           "split_runtime_options",
            "default_stage_depths", "spread_evenly"]
+
+
+#: Speed switches: runtime options of a built model (:meth:`HRMedSeg.set_fast_paths`), not
+#: architecture: none adds or changes a parameter, and none is saved in ``config.json``
+#: (``create_model``/``from_pretrained`` still take them as keywords). False everywhere (and
+#: ``pool_impl="direct"``) is the plain reference path. On by default: together they made an
+#: H200 training step at 1024², batch 16, bf16 11 % faster eager (205 → 229 img/s) and 23 %
+#: faster compiled (351 → 431 img/s), peak memory 0.391 → 0.313 GB/img, inference 663 → 810
+#: img/s, with the gradients 3.1e-2 from fp32 against plain bf16 autocast's 2.7e-2.
+#:
+#: * ``pool_impl``: δ as (1,k)+(k,1) passes ("separable", same values, 30 % faster H200
+#:   training step at 1024²) or the direct k×k pooling ("direct", the reference).
+#: * ``pool_channels_first``: δ on an NCHW copy of the (channels-last) embedding: PyTorch's
+#:   NCHW pooling kernels read rows contiguously (layers/pooling.py). Same values.
+#: * ``fast_norm``: under bf16/fp16 autocast, LayerNorm in that dtype instead of autocast's
+#:   float32 (fewer casts, half the bytes saved; layers/norm.py). No effect in fp32.
+#: * ``fast_attention``: under autocast, DGLA's core in that dtype instead of float32
+#:   (layers/linear_attention.py). No effect in fp32.
+FAST_PATH_DEFAULTS: dict[str, Any] = {"pool_impl": "separable", "pool_channels_first": True,
+                                      "fast_norm": True, "fast_attention": True}
+
+
+def split_runtime_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``kwargs`` without the speed switches, and the speed switches it held (old
+    ``config.json`` files saved them among the architecture's arguments)."""
+    arch = {k: v for k, v in kwargs.items() if k not in FAST_PATH_DEFAULTS}
+    return arch, {k: v for k, v in kwargs.items() if k in FAST_PATH_DEFAULTS}
 
 
 def default_stage_depths(depth: int) -> tuple[int, int, int]:
@@ -68,24 +96,6 @@ class HRMedSegConfig:
     decoder_mlp_dim: int = 256
     attention_downsample_rate: int = 2
     pool_sizes: tuple[int, ...] = (5, 9, 13)
-    # δ as (1,k)+(k,1) passes: same values, 30% faster H200 training step at 1024² than the
-    # direct k×k pooling ("direct", the reference); benchmarks/results/speed_h200/.
-    pool_impl: str = "separable"
-    # Speed switches (HRMedSeg.set_fast_paths changes them on a built model; False everywhere
-    # is the plain reference path). On by default: together they made an H200 training step at
-    # 1024², batch 16, bf16 11 % faster eager (205 → 229 img/s) and 23 % faster compiled
-    # (351 → 431 img/s), peak memory 0.391 → 0.313 GB/img, inference 663 → 810 img/s, with the
-    # gradients 3.1e-2 from fp32 against plain bf16 autocast's 2.7e-2
-    # (benchmarks/results/speed_h200_s6/).
-    # δ on an NCHW copy of the (channels-last) embedding: PyTorch's NCHW pooling kernels read
-    # rows contiguously (layers/pooling.py). Same values either way, also in fp32.
-    pool_channels_first: bool = True
-    # Under bf16/fp16 autocast, LayerNorm in that dtype instead of autocast's float32 (fewer
-    # casts, half the bytes saved; layers/norm.py). No effect in fp32.
-    fast_norm: bool = True
-    # Under autocast, DGLA's core in that dtype instead of float32 (layers/linear_attention.py).
-    # No effect in fp32.
-    fast_attention: bool = True
     upscaler: str = "convt2x2"
     hypernet_layers: int = 3
     released_layout: bool = True
@@ -137,7 +147,7 @@ def spread_evenly(n: int, k: int) -> tuple[bool, ...]:
 class LGViT(nn.Module):
     """Lightweight gated ViT: patch embedding, channel-interactive MBConvs, token-interactive
     DGLA blocks. Single scale: every block runs on the H/16 × W/16 grid at width C. Its owner
-    sets the config's speed switches on it (:func:`apply_fast_paths`)."""
+    sets the speed switches on it (:func:`apply_fast_paths`)."""
 
     def __init__(self, cfg: HRMedSegConfig) -> None:
         super().__init__()
@@ -256,9 +266,7 @@ class ECMDecoder(nn.Module):
             self.pe_layer = PositionEmbeddingRandom(d // 2)
             self.num_mask_tokens = cfg.num_classes
         self.mask_tokens = nn.Embedding(self.num_mask_tokens, d)
-        mixer = (MultiscalePooling(cfg.pool_sizes, impl=cfg.pool_impl,
-                                   channels_first=cfg.pool_channels_first)
-                 if cfg.pool_sizes else None)
+        mixer = MultiscalePooling(cfg.pool_sizes) if cfg.pool_sizes else None
         self.transformer = TwoWayTransformer(cfg.decoder_depth, d, cfg.decoder_heads,
                                              cfg.decoder_mlp_dim, nn.ReLU,
                                              cfg.attention_downsample_rate, key_mixer=mixer)
@@ -284,7 +292,9 @@ class ECMDecoder(nn.Module):
                 boxes: torch.Tensor | None = None) -> torch.Tensor:
         b, _, h, w = embedding.shape
         dtype = embedding.dtype
-        queries = self.mask_tokens.weight
+        # Looked up, not the parameter itself: a view of a parameter made under no_grad
+        # requires grad without a grad_fn, which breaks FlopCounterMode's module hooks.
+        queries = self.mask_tokens(torch.arange(self.num_mask_tokens, device=embedding.device))
         if self.released_layout:
             sparse, dense = self.prompt_encoder(boxes=boxes, batch_size=b, embedding_size=(h, w),
                                                 image_size=tuple(out_size))
@@ -311,15 +321,27 @@ class ECMDecoder(nn.Module):
         return masks
 
 
-def apply_fast_paths(module: nn.Module, cfg: HRMedSegConfig) -> None:
-    """Set the config's speed switches on every layer of ``module`` that has one (HRMedSeg, or
-    its encoder alone as a SAM image encoder)."""
-    set_fast_norm(module, cfg.fast_norm)
+def apply_fast_paths(module: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
+    """Set the speed switches (:data:`FAST_PATH_DEFAULTS` updated by ``options``) on every
+    layer of ``module`` that has one (HRMedSeg, or its encoder alone as a SAM image encoder);
+    returns the full set now in effect."""
+    unknown = set(options) - set(FAST_PATH_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown speed switches {sorted(unknown)}; "
+                         f"known: {sorted(FAST_PATH_DEFAULTS)}")
+    opts = {**FAST_PATH_DEFAULTS, **options}
+    if opts["pool_impl"] not in ("direct", "separable"):
+        raise ValueError(f"pool_impl must be 'direct' or 'separable', got {opts['pool_impl']!r}")
+    for name in ("pool_channels_first", "fast_norm", "fast_attention"):
+        opts[name] = bool(opts[name])
+    set_fast_norm(module, opts["fast_norm"])
     for m in module.modules():
         if isinstance(m, DualGatedLinearAttention):
-            m.upcast = not cfg.fast_attention
+            m.upcast = not opts["fast_attention"]
         elif isinstance(m, MultiscalePooling):
-            m.channels_first = cfg.pool_channels_first
+            m.channels_first = opts["pool_channels_first"]
+            m.impl = opts["pool_impl"]
+    return opts
 
 
 class HRMedSeg(SegmentationModel):
@@ -335,18 +357,18 @@ class HRMedSeg(SegmentationModel):
         self.encoder = LGViT(cfg)
         self.neck = Neck(cfg.embed_dim, cfg.neck_dim)
         self.decoder = ECMDecoder(cfg)
-        self.set_fast_paths()
+        self.fast_paths: dict[str, Any] = apply_fast_paths(self, {})
 
     def set_fast_paths(self, *, fast_norm: bool | None = None, fast_attention: bool | None = None,
-                       pool_channels_first: bool | None = None) -> "HRMedSeg":
-        """Switch the speed options of :class:`HRMedSegConfig` on a built (or loaded) model;
-        ``None`` keeps the config's value. None of them adds or changes a parameter."""
-        cfg = self.config
-        for name, value in (("fast_norm", fast_norm), ("fast_attention", fast_attention),
-                            ("pool_channels_first", pool_channels_first)):
-            if value is not None:
-                setattr(cfg, name, bool(value))
-        apply_fast_paths(self, cfg)
+                       pool_channels_first: bool | None = None,
+                       pool_impl: str | None = None) -> "HRMedSeg":
+        """Switch the speed options (:data:`FAST_PATH_DEFAULTS`) on a built (or loaded) model;
+        ``None`` keeps the current value. Runtime options: none of them adds or changes a
+        parameter, and :meth:`save_pretrained` does not save them."""
+        given = {"fast_norm": fast_norm, "fast_attention": fast_attention,
+                 "pool_channels_first": pool_channels_first, "pool_impl": pool_impl}
+        self.fast_paths = apply_fast_paths(
+            self, {**self.fast_paths, **{k: v for k, v in given.items() if v is not None}})
         return self
 
     def set_grad_checkpointing(self, enable: bool = True, *, fraction: float = 1.0
@@ -384,9 +406,11 @@ _PAPER_HERSEG = "HER-Seg (papers/her-seg.txt)"
 
 
 def _build(name: str, defaults: dict[str, Any], pretrained: bool | str, **kwargs: Any) -> HRMedSeg:
-    args = {**defaults, **kwargs}
+    args, fast_paths = split_runtime_options({**defaults, **kwargs})
     cfg = HRMedSegConfig(**args)
     model = HRMedSeg(cfg, model_name=name)
+    if fast_paths:
+        model.set_fast_paths(**fast_paths)
     if pretrained:
         load_pretrained(model, name, pretrained)
     return model

@@ -213,7 +213,8 @@ class _Model:
     def __init__(self, name: str, seg: Any, batcher: DynamicBatcher) -> None:
         self.name, self.seg, self.batcher = name, seg, batcher
         self.class_names = _class_names(seg)
-        self.box_prompts = callable(getattr(seg.model, "predict_boxes", None))
+        from ..inference.predictor import supports_box_prompts
+        self.box_prompts = supports_box_prompts(seg.model)
 
     def describe(self, default: bool) -> dict[str, Any]:
         from ..data.io import class_palette

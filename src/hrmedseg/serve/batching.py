@@ -3,7 +3,7 @@
 Requests are put on a bounded ``asyncio.Queue`` (full -> :class:`QueueFull`, which the API answers
 with 503 + Retry-After). A collector coroutine takes the first waiting job, waits at most
 ``batch_wait_ms`` for up to ``max_batch - 1`` more, and hands the batch to ONE worker thread that
-runs ``Segmenter.predict_arrays`` (box-prompted jobs run ``model.predict_boxes`` one by one). Only
+runs ``Segmenter.predict_arrays`` (box-prompted jobs run ``SamPredictor.predict_boxes`` one by one). Only
 one batch runs at a time, so the next batch fills while the model is busy. Each request waits at
 most ``timeout_s`` (-> :class:`asyncio.TimeoutError`); a job whose caller has gone is skipped.
 If a batch fails, its jobs are retried one by one so a bad job fails alone.
@@ -42,10 +42,11 @@ class Job:
 
 
 def _labels_for_boxes(segmenter: Any, image: np.ndarray, boxes: Sequence[Sequence[float]]) -> np.ndarray:
-    """Box-prompted mask at the original size with ``model.predict_boxes`` (SAM convention:
+    """Box-prompted mask at the original size with ``SamPredictor.predict_boxes`` (SAM convention:
     RGB 0-255 input, boxes (x0, y0, x1, y1) in original pixels)."""
     import torch
     from ..data.io import to_model_channels
+    from ..inference.predictor import SamPredictor
 
     model = segmenter.model
     rgb = to_model_channels(image, 3) * np.float32(255.0)
@@ -53,7 +54,7 @@ def _labels_for_boxes(segmenter: Any, image: np.ndarray, boxes: Sequence[Sequenc
     b = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
     thr = float(getattr(getattr(model, "config", None), "mask_threshold", 0.0))
     with torch.inference_mode(), segmenter._autocast():
-        logits = model.predict_boxes(x, [b]).float()
+        logits = SamPredictor(model).predict_boxes(x, [b]).float()
     return (logits[0, 0] > thr).to(torch.uint8).cpu().numpy()
 
 

@@ -599,7 +599,7 @@ class ESPTrainer:
         """Every term of one step (with their graphs): ``seg`` (+ focal, dice, sppg_bce),
         ``universal`` and ``modality`` (MMDKD; absent without teachers or at weight 0),
         ``scale`` (s_n) and ``total`` = w_seg·seg + w_uni·universal + w_mod·s_n·modality."""
-        from ..models.esp_medsam import esp_medsam_loss
+        from .losses import esp_medsam_loss
         cfg = self.cfg
         with self._autocast():
             logits, patch_logits, emb = self.forward_student(x, modality)

@@ -13,13 +13,16 @@ softmax, per-image vs batch Dice, empty masks). All of them are here with one co
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DiceLoss", "FocalLoss", "DiceFocalLoss", "DiceCELoss", "CELoss", "build_loss", "LOSSES"]
+from ..models.esp_medsam import sppg_targets
+
+__all__ = ["DiceLoss", "FocalLoss", "DiceFocalLoss", "DiceCELoss", "CELoss", "build_loss", "LOSSES",
+           "esp_medsam_loss"]
 
 
 def _prepare(
@@ -268,3 +271,34 @@ def build_loss(name: str, num_classes: int, **kw: object) -> nn.Module:
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     return LOSSES[key](num_classes=num_classes, **kw)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# ESP-MedSAM (training objective of models/esp_medsam.py; the model itself needs no loss)
+# ---------------------------------------------------------------------------------------------
+
+_FOCAL = FocalLoss(alpha=0.25, gamma=2.0)
+_DICE = DiceLoss()
+
+
+def esp_medsam_loss(logits: torch.Tensor, sppg_logits: torch.Tensor, mask: torch.Tensor,
+                    lam: float = 20.0, sppg_weight: float = 1.0,
+                    return_parts: bool = False) -> Any:
+    """L = λ·focal(M, y) + Dice(M, y) + w·BCE(SPPG, maxpool(y)) (eq. 8 + eq. 5).
+
+    λ = 20 by default (SAM's 20:1 focal:Dice; the paper does not state its value), w = 1.
+    ``mask`` (B, 1, H, W) or (B, H, W) binary at the logits' size; the SPPG targets are the
+    mask max-pooled to the patch logits' grid. ``return_parts`` also returns a dict of the
+    three detached terms.
+    """
+    if mask.ndim == 3:
+        mask = mask.unsqueeze(1)
+    target = (mask > 0).float()
+    focal = _FOCAL(logits, target)
+    dice = _DICE(logits, target)
+    patches = sppg_targets(target, tuple(sppg_logits.shape[-2:]))
+    bce = F.binary_cross_entropy_with_logits(sppg_logits.float(), patches)
+    total = lam * focal + dice + sppg_weight * bce
+    if return_parts:
+        return total, {"focal": focal.detach(), "dice": dice.detach(), "sppg_bce": bce.detach()}
+    return total
