@@ -1,7 +1,7 @@
 """hrmedseg: memory-efficient segmentation of high-resolution medical images."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .errors import HrmedsegError
 from .models._registry import create_model, is_model, list_models, model_info

@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from .errors import HrmedsegError
+
 # import name -> (package to install, extra that brings it)
 EXTRAS: dict[str, tuple[str, str]] = {
     "cv2": ("opencv-python-headless", "train"),
@@ -30,7 +32,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
 }
 
 
-class MissingExtraError(ImportError):
+class MissingExtraError(HrmedsegError, ImportError):
     """An optional package a feature needs is not installed; the message says how to get it."""
 
 

@@ -10,13 +10,15 @@ import re
 
 import torch
 
+from .errors import HrmedsegError
+
 DEVICE_CHOICES = "auto | cpu | cuda | cuda:N | mps"
 DEVICE_HELP = "auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps"
 
 _SPEC = re.compile(r"^(auto|cpu|mps|cuda(?::(\d+))?)$")
 
 
-class DeviceError(ValueError):
+class DeviceError(HrmedsegError, ValueError):
     """A ``--device`` value that is malformed or names hardware this machine does not have."""
 
 

@@ -27,7 +27,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (HrmedsegError, FileNotFoundError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from .._version import __version__
     parser = argparse.ArgumentParser(
         prog="hrmedseg", description="Memory-efficient segmentation of high-resolution medical images.")
     parser.add_argument("--version", action="version", version=f"hrmedseg {__version__}")

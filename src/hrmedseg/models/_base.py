@@ -169,7 +169,7 @@ class SegmentationModel(nn.Module):
         are not saved; the preprocessing is (``metadata["preprocess"]`` when given, e.g. by the
         trainer, else the model's own :meth:`preprocessing`)."""
         from safetensors.torch import save as st_save
-        from .. import __version__
+        from .._version import __version__
 
         directory = Path(directory)
         preprocess = dict((metadata or {}).get("preprocess") or self.preprocessing())

@@ -60,7 +60,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         env["cuda"] = torch.version.cuda
     else:
         env["cpu_threads"] = torch.get_num_threads()
-    from .. import __version__
+    from .._version import __version__
     env["hrmedseg"] = __version__
     return env
 
