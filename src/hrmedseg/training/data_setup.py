@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, resolve_workers
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,8 @@ def build_datasets(cfg: Config, num_classes: int, in_chans: int) -> RunData:
     d = cfg.data
     if not d.root:
         raise ConfigError("data.root is empty: give the dataset folder (data.root=PATH)")
-    if d.workers > 0:
+    workers = resolve_workers(d.workers)
+    if workers > 0:
         from ..data.io import opencv_fork_safe
         opencv_fork_safe()   # before the cache's threads touch OpenCV, so workers fork cleanly
     if d.volumes:
@@ -78,7 +79,7 @@ def build_datasets(cfg: Config, num_classes: int, in_chans: int) -> RunData:
         Path(cfg.train.out_dir).parent / ".cache" / f"{Path(d.root).resolve().name}_{size[0]}x{size[1]}")
     # The cache stores everything at the model size: augmentation then works on small arrays.
     # A fresh cache is reused as it is (build_cache checks sizes and mtimes).
-    cache = build_cache(index.samples, size, cache_dir, num_workers=max(0, d.workers),
+    cache = build_cache(index.samples, size, cache_dir, num_workers=workers,
                         on_error=d.on_error)
 
     def make(stems: list[str], transform) -> SegmentationDataset:
