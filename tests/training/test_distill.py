@@ -11,7 +11,9 @@ from PIL import Image
 from hrmedseg.models._hub import load_safetensors
 from hrmedseg.models._registry import create_model
 from hrmedseg.training.checkpoint import load_state
-from hrmedseg.training.distill import DistillConfig, Distiller, distill
+from hrmedseg.training.config import load_config
+from hrmedseg.training.run import train
+from hrmedseg.training.tasks import DistillTask
 
 TINY_TEACHER = dict(embed_dims=(8, 16, 16, 32), depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 2),
                     window_sizes=(2, 2, 2, 2), head_classes=0)
@@ -38,12 +40,25 @@ def tiny_teacher(seed=0):
     return create_model("mobile_sam", img_size=64, encoder_args=TINY_TEACHER)
 
 
-def cfg_for(tmp_path, out="run", **kw):
-    base = dict(images=[str(tmp_path / "imgs")], out_dir=str(tmp_path / out), student_overrides=STUDENT,
-                epochs=4, batch_size=2, lr=1e-3, size=64, device="cpu", precision="fp32",
-                val_fraction=0.2, teacher_cache=str(tmp_path / "cache"))
-    base.update(kw)
-    return DistillConfig(**base)
+def cfg_for(tmp_path, out="run", epochs=4, max_steps=0, time_limit_min=0.0, augment="none",
+            val_images=(), **distill):
+    """The distill recipe at a tiny size (CPU, fp32), as `hrmedseg distill` would set it."""
+    from hrmedseg.training.config import apply_overrides
+    cfg = load_config("distill")
+    apply_overrides(cfg, {
+        "model": {"overrides": STUDENT}, "data": {"size": 64, "augment": augment, "workers": 0},
+        "optim": {"lr": 1e-3},
+        "train": {"out_dir": str(tmp_path / out), "epochs": epochs, "batch_size": 2,
+                  "device": "cpu", "precision": "fp32", "max_steps": max_steps,
+                  "time_limit_min": time_limit_min},
+        "distill": {"images": [str(tmp_path / "imgs")], "val_fraction": 0.2,
+                    "teacher_cache": str(tmp_path / "cache"), "val_images": list(val_images),
+                    **distill}})
+    return load_config(None, base=cfg)
+
+
+def distill(cfg, teacher=None, progress=False):
+    return train(cfg, task=DistillTask(cfg, teacher=teacher), progress=progress)
 
 
 def read_csv(path):
@@ -98,10 +113,9 @@ def test_distill_resume_matches_uninterrupted(tmp_path, images):
 
 def test_distill_strong_augment_runs_teacher_on_the_fly(tmp_path, images):
     teacher = tiny_teacher()
-    d = Distiller(cfg_for(tmp_path, epochs=1, augment="strong"), teacher=teacher, progress=False)
-    s = d.fit()
+    s = distill(cfg_for(tmp_path, epochs=1, augment="strong"), teacher=teacher)
     # held-out images cached once (2), each training view embedded on the fly (8)
-    assert d.teacher_calls == 2 + 8 and s["epochs_done"] == 1
+    assert s["teacher_calls"] == 2 + 8 and s["epochs_done"] == 1
     assert len(json.loads((tmp_path / "cache" / "manifest.json").read_text())["entries"]) == 2
 
 
@@ -142,7 +156,7 @@ def test_distill_cli(tmp_path, images, monkeypatch):
     from hrmedseg.models.sam import to_sam_state_dict
     torch.save(to_sam_state_dict(teacher), ckpt)
     # the CLI builds the default vit_t from a checkpoint; here the tiny layout is substituted
-    import hrmedseg.training.distill as dmod
+    import hrmedseg.training.tasks.distill as dmod
     real = dmod.build_teacher
     monkeypatch.setattr(dmod, "build_teacher",
                         lambda t, size: real(tiny_teacher(), size) if isinstance(t, str) else real(t, size))
@@ -163,10 +177,10 @@ def test_explicit_heldout_images_and_time_budget(tmp_path, images):
     val = make_images(tmp_path / "heldout", n=3, seed=1)
     teacher = tiny_teacher()
     cfg = cfg_for(tmp_path, val_images=[str(val)], epochs=50, time_limit_min=0.02, augment="strong")
-    d = Distiller(cfg, teacher=teacher, progress=False)
-    assert len(d.val_paths) == 3 and len(d.train_paths) == 10
-    assert not {p.resolve() for p in d.val_paths} & {p.resolve() for p in d.train_paths}
-    s = d.fit()
+    task = DistillTask(cfg, teacher=teacher)
+    s = train(cfg, task=task, progress=False)
+    assert len(task.val_paths) == 3 and len(task.train_paths) == 10
+    assert not {p.resolve() for p in task.val_paths} & {p.resolve() for p in task.train_paths}
     assert s["stopped_early"] and s["epochs_done"] < 50
     state = load_state(tmp_path / "run" / "checkpoints" / "last")
     assert state["elapsed_s"] >= 0.02 * 60
@@ -174,5 +188,5 @@ def test_explicit_heldout_images_and_time_budget(tmp_path, images):
     rows = read_csv(tmp_path / "run" / "metrics.csv")
     assert rows[-1]["val_loss"] != ""
     step = state["global_step"]
-    s2 = Distiller(cfg, teacher=teacher, progress=False).fit()
+    s2 = distill(cfg, teacher=teacher)
     assert s2["resumed"] and s2["global_step"] == step
