@@ -119,3 +119,25 @@ def build_volume_datasets(cfg: Config, num_classes: int, in_chans: int) -> RunDa
     # per-image evaluation of the trainer, so they are not returned here.
     pre = {"size": list(size), "normalize": d.normalize, "window": d.window, "axis": d.axis}
     return RunData(train, val, None, train.class_names, pre)
+
+
+def run_splits(run_dir: str | Path, data_root: str | Path) -> dict[str, list[str]] | None:
+    """The train/val/test stems a segmentation run drew on ``data_root``: ``RUN/splits.json``
+    (written by the engine), else redrawn from ``RUN/config.yaml`` by the rule the run used
+    (run folders older than ``splits.json``); None when ``run_dir`` is not a run folder."""
+    import json
+
+    from ..data.datasets import discover_pairs
+    from .config import load_config
+    run = Path(run_dir)
+    if (run / "splits.json").is_file():
+        data = json.loads((run / "splits.json").read_text())
+        return {k: list(data.get(k) or []) for k in ("train", "val", "test")}
+    if not (run / "config.yaml").is_file():
+        return None
+    cfg = load_config(run / "config.yaml", [f"data.root={data_root}"])
+    if cfg.task != "segment" or cfg.data.volumes:
+        return None
+    index = discover_pairs(data_root)
+    train, val, test = split_stems(cfg, index.stems, index.official_splits)
+    return {"train": train, "val": val, "test": test}
