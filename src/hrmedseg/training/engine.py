@@ -127,6 +127,10 @@ def worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
+def _fresh_acc() -> dict[str, Any]:
+    return {"sums": {}, "counts": {}, "images": 0, "train_s": 0.0}
+
+
 class Engine:
     """Fits ``task`` as ``cfg`` says (see the module docstring for the rules)."""
 
@@ -158,6 +162,7 @@ class Engine:
         self._session_start: float | None = None
         self.local_images = 0     # images of the current step on this rank (gradient weights)
         self._logged = set(task.loss_fields) | {"total"}
+        self._restored_acc: dict[str, Any] | None = None
 
     # -- helpers for tasks ------------------------------------------------------------------
     def autocast(self):
@@ -190,6 +195,7 @@ class Engine:
             "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state(),
             "world_size": self.info.world_size, "global_batch": self.cfg.train.batch_size,
             "elapsed_s": self._elapsed(), "task": self.cfg.task, "fingerprint": self._fingerprint(),
+            "epoch_progress": self._acc_state(),
         }
         if torch.cuda.is_available():
             st["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -232,7 +238,29 @@ class Engine:
         self.global_step = int(state["global_step"])
         self.best = state.get("best", state.get(f"best_{self.task.monitor}"))
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        prog = state.get("epoch_progress")
+        if prog and self.batch_in_epoch > 0:
+            keys = list(prog["keys"])
+            vals = prog["values"].tolist()
+            # Only the main process saves: its sums stand for the earlier session's steps
+            # (the other ranks' share of them is not kept).
+            keep = self.info.is_main
+            self._restored_acc = {
+                "sums": {k: v[0] for k, v in zip(keys, vals)} if keep else {},
+                "counts": {k: int(v[1]) for k, v in zip(keys, vals)} if keep else {},
+                "images": int(prog["images"]) if keep else 0, "train_s": float(prog["train_s"])}
         return path
+
+    def _acc_state(self) -> dict[str, Any] | None:
+        """The running epoch's sums (losses, images, training seconds) for a mid-epoch resume."""
+        acc = getattr(self, "acc", None)
+        if acc is None or self.batch_in_epoch == 0:
+            return None
+        keys = sorted(acc["sums"])
+        values = torch.tensor([[acc["sums"][k], float(acc["counts"][k])] for k in keys],
+                              dtype=torch.float64).reshape(-1, 2)
+        return {"keys": keys, "values": values, "images": acc["images"],
+                "train_s": acc["train_s"] + time.monotonic() - self._t0}
 
     # -- one step ---------------------------------------------------------------------------
     def _set_lr(self) -> float:
@@ -392,13 +420,17 @@ class Engine:
         self.net.train()
         while self.epoch < cfg.train.epochs and not stopped:
             t0 = time.monotonic()
+            self._t0 = t0
             if self.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(self.device)
-            sums: dict[str, float] = {}
-            counts: dict[str, int] = {}
+            # The epoch's running sums; a run resumed mid-epoch (or killed between the epoch's
+            # last batch and its validation) continues the ones it saved.
+            acc = self.acc = self._restored_acc or _fresh_acc()
+            self._restored_acc = None
+            sums, counts = acc["sums"], acc["counts"]
             window: dict[str, torch.Tensor] = {}
             wcount: dict[str, int] = {}
-            in_window, n_imgs, shown, lr = 0, 0, "…", self.opt.param_groups[0]["lr"]
+            in_window, shown, lr = 0, "…", self.opt.param_groups[0]["lr"]
             bar = tqdm(total=per_epoch, initial=self.batch_in_epoch, unit="batch",
                        desc=f"{task.name} {self.epoch + 1}/{cfg.train.epochs}",
                        disable=not self.progress, dynamic_ncols=True, file=sys.stderr)
@@ -429,14 +461,14 @@ class Engine:
                 self.batch_in_epoch += 1
                 self.global_step += 1
                 in_window += 1
-                n_imgs += self.local_images
+                acc["images"] += self.local_images
                 saving = bool(cfg.train.save_every_steps
                               and self.global_step % cfg.train.save_every_steps == 0)
                 last = self.batch_in_epoch >= per_epoch
                 if in_window >= LOSS_READ_EVERY or saving or last:
                     read()
                 bar.set_postfix(loss=shown, lr=f"{lr:.2e}",
-                                img_s=f"{n_imgs / max(1e-9, time.monotonic() - t0):.1f}")
+                                img_s=f"{acc['images'] / max(1e-9, time.monotonic() - t0):.1f}")
                 bar.update(1)
                 if saving:
                     self.save("last")
@@ -448,8 +480,9 @@ class Engine:
                     break
             read()      # stopped early: the unread losses still count (and are checked)
             bar.close()
-            train_dt = time.monotonic() - t0   # losses read: the device has finished the epoch
-            stats = torch.tensor([float(n_imgs)], dtype=torch.float64, device=self.device)
+            # losses read: the device has finished the epoch; earlier sessions' share included
+            train_dt = acc["train_s"] + time.monotonic() - t0
+            stats = torch.tensor([float(acc["images"])], dtype=torch.float64, device=self.device)
             n_all = int(all_reduce_sum(stats, self.info)[0].item())
             means = self._epoch_means(sums, counts)
             if self.batch_in_epoch >= per_epoch:
@@ -501,8 +534,10 @@ class Engine:
         return out
 
     def _rates(self, row: dict[str, Any], t0: float, train_dt: float, n_imgs: int) -> None:
-        # training only: validation and saving are in epoch_time_s, not in the rate
-        row["train_images_per_s"] = round(n_imgs / max(train_dt, 1e-9), 2)
+        # training only: validation and saving are in epoch_time_s, not in the rate; an epoch
+        # with no image trained (nothing left of it on resume) gives no rate rather than 0
+        if n_imgs > 0:
+            row["train_images_per_s"] = round(n_imgs / max(train_dt, 1e-9), 2)
         if self.device.type == "cuda":
             row["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 1e9, 3)
 

@@ -198,8 +198,7 @@ class SegmentTask(Task):
         return self._train_loader
 
     def batch_images(self, batch: dict[str, Any]) -> int:
-        # DDP wraps the model: every rank's images count toward the global rate
-        return int(batch["image"].shape[0]) * self.engine.info.world_size
+        return int(batch["image"].shape[0])
 
     def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch to device; uint8 images are normalised there (cheaper than in the workers)."""
