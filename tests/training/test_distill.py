@@ -2,6 +2,7 @@
 student folder loads into `hrmedseg train` (encoder + neck only)."""
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,3 +191,78 @@ def test_explicit_heldout_images_and_time_budget(tmp_path, images):
     step = state["global_step"]
     s2 = distill(cfg, teacher=teacher)
     assert s2["resumed"] and s2["global_step"] == step
+
+
+def test_train_step_and_validation_are_the_mse_of_the_embeddings(tmp_path, images):
+    """One training step's loss and one validation equal F.mse_loss of the student's and the
+    teacher's embeddings computed here on the same batch (an L1 or a sum would not)."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from hrmedseg.training.engine import Engine
+    from hrmedseg.training.tasks.distill import load_rgb255
+
+    teacher = tiny_teacher()
+    cfg = cfg_for(tmp_path, epochs=1)
+    task = DistillTask(cfg, teacher=teacher)
+    eng = Engine(cfg, task, progress=False)
+    task.prepare(resumed=False)                       # the teacher cache (float16)
+    batch = next(iter(task.train_batches(0, 0)))
+    idx, imgs = batch
+    x = torch.cat([teacher.preprocess(im[None])[0] for im in imgs])
+    ref_student = copy.deepcopy(task.model).train()   # the weights before the step
+    with torch.no_grad():
+        want = F.mse_loss(ref_student.forward_embedding(x), teacher.image_embeddings(x))
+    task.model.train()
+    got = eng.train_step(batch)["total"]
+    assert float(got) == pytest.approx(float(want), rel=1e-3)
+    assert float(got) != pytest.approx(float(F.l1_loss(ref_student.forward_embedding(x).detach(),
+                                                         teacher.image_embeddings(x))), rel=1e-2)
+    # validation after that step: the mean over held-out images, teacher embeddings fresh
+    after = copy.deepcopy(task.model).eval()
+    xv = torch.cat([teacher.preprocess(load_rgb255(p)[None])[0] for p in task.val_paths])
+    with torch.no_grad():
+        want_val = F.mse_loss(after.forward_embedding(xv), teacher.image_embeddings(xv))
+    assert eng._validate()["val_loss"] == pytest.approx(float(want_val), rel=1e-3)
+
+
+MOBILE_SAM = Path(__file__).resolve().parents[3] / "shared" / "weights" / "mobile_sam.pt"
+if not MOBILE_SAM.is_file():
+    MOBILE_SAM = Path("/work/shared/weights/mobile_sam.pt")
+
+
+@pytest.mark.skipif(not MOBILE_SAM.is_file(), reason="mobile_sam.pt not available")
+def test_distill_cli_with_the_real_mobile_sam(tmp_path):
+    """`hrmedseg distill` with MobileSAM's released checkpoint at 64²: the cache is keyed by
+    the file's sha256, and the starting held-out MSE (epoch 0) is the MSE between a fresh
+    student and MobileSAM's embedding computed here."""
+    import torch.nn.functional as F
+
+    from hrmedseg.cli.main import main
+    from hrmedseg.models._pretrained import sha256_of
+    from hrmedseg.training.tasks.distill import load_rgb255
+
+    imgs = make_images(tmp_path / "imgs", n=4)
+    student = dict(embed_dim=24, depth=2, num_heads=[6, 6, 6], decoder_heads=4, decoder_mlp_dim=32)
+    run = tmp_path / "run"
+    rc = main(["distill", "--teacher", str(MOBILE_SAM), "--images", str(imgs), "-o", str(run),
+               "--epochs", "1", "--batch", "2", "--size", "64", "--device", "cpu",
+               "--precision", "fp32", "--workers", "0", "--val-fraction", "0.25",
+               "--set", *[f"{k}={json.dumps(v)}" for k, v in student.items()]])
+    assert rc == 0
+    man = json.loads((run / "teacher_cache" / "manifest.json").read_text())
+    assert man["teacher_sha256"] == sha256_of(MOBILE_SAM) and len(man["entries"]) == 4
+    rows = read_csv(run / "metrics.csv")
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    # the same seed, the same build order as the run: teacher, then student
+    torch.manual_seed(0)
+    teacher = create_model("mobile_sam", pretrained=str(MOBILE_SAM), img_size=64).eval()
+    fresh = create_model("hrmedseg", pretrained=False, num_classes=1, img_size=64, **student).eval()
+    val = json.loads((run / "distill_config.json").read_text())["val_stems"]
+    assert len(val) == 1
+    x = torch.cat([teacher.preprocess(load_rgb255(Path(p))[None])[0] for p in val])
+    with torch.no_grad():
+        want = F.mse_loss(fresh.forward_embedding(x), teacher.image_embeddings(x))
+    assert float(rows[0]["val_loss"]) == pytest.approx(float(want), rel=1e-3)
+    assert (run / "student" / "model.safetensors").is_file()
