@@ -265,3 +265,30 @@ def test_mobile_sam_teacher_and_init(tmp_path, data):
     assert 0 < float(terms["modality"]) < 0.1 * float((t.teacher(x) ** 2).mean())
     s = t.engine.fit()
     assert s.global_step == 1 and s.stopped_early
+
+
+def test_train_esp_flags_are_keys_of_train_task_esp(tmp_path, data, capsys):
+    """`hrmedseg train-esp FLAGS` is `hrmedseg train --task esp KEYS`: the same config, and the
+    general verb trains it."""
+    from hrmedseg.cli import train_esp as verb
+    from hrmedseg.cli.main import build_parser, main
+    a, b, _ = data
+    args = build_parser().parse_args([
+        "train-esp", "--data", f"polyp={a}:0", f"nuclei={b}:1", "-o", str(tmp_path / "cli"),
+        "--epochs", "1", "--batch", "2", "--size", str(S), "--precision", "fp32", "--device", "cpu",
+        "--workers", "0", "--augment", "none", "--lr-gamma", "0.9", "--w-modality", "0.5",
+        "--coupled", "--no-test"])
+    flags = verb.to_config(args)
+    keys = ["--task", "esp", f"esp.datasets=[{{root: {a}, modality: 0, name: polyp}}, "
+            f"{{root: {b}, modality: 1, name: nuclei}}]", f"train.out_dir={tmp_path / 'cli'}",
+            "train.epochs=1", "train.batch_size=2", f"data.size={S}", "train.precision=fp32",
+            "train.device=cpu", "data.workers=0", "data.augment=none", "schedule.gamma=0.9",
+            "esp.w_modality=0.5", "esp.decoupled=false", "train.eval_test=false",
+            f"model.overrides={json.dumps(TINY)}"]
+    from hrmedseg.training.config import load_config
+    general = load_config("esp_medsam", [k for k in keys[2:]])
+    flags.model.overrides = dict(TINY)
+    assert flags.to_dict() == general.to_dict()
+    assert main(["train", *keys]) == 0
+    summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert summary["task"] == "esp" and summary["epochs_done"] == 1 and summary["global_step"] == 4
