@@ -273,7 +273,7 @@ class Engine:
             g["lr"] = lr
         return lr
 
-    def _reduce_gradients(self, local: int) -> None:
+    def _reduce_gradients(self, local: int) -> float:
         """Tasks not wrapped in DDP: average gradients over ranks, weighted by each rank's
         images in this step (= the gradient of the global batch's mean loss). A parameter
         without a gradient on every rank keeps none (the optimizer skips it)."""
@@ -289,6 +289,17 @@ class Engine:
             g = g * (local / n)
             dist.all_reduce(g, op=dist.ReduceOp.SUM)
             p.grad = g
+        return n
+
+    def _global_terms(self, terms: dict[str, torch.Tensor], local: int, n: float
+                      ) -> dict[str, torch.Tensor]:
+        """The step's logged terms over the global batch (image-weighted over ranks), the same
+        on every rank: the epoch means are then those of one process."""
+        keys = sorted(self._logged)
+        t = torch.tensor([[float(terms[k]) * local if k in terms else 0.0, float(k in terms)]
+                          for k in keys], dtype=torch.float64, device=self.device)
+        t = all_reduce_sum(t, self.info) / self.info.world_size
+        return {k: t[i, 0] * self.info.world_size / n for i, k in enumerate(keys) if t[i, 1] > 0}
 
     def train_step(self, batch: Any) -> dict[str, torch.Tensor]:
         """One optimizer step; returns the task's loss terms as detached device scalars.
@@ -301,10 +312,12 @@ class Engine:
         if self.local_images > 0:
             terms = self.task.losses(batch)
             self.task.backward(terms, self.scaler)
-        else:   # an empty shard of a short global batch: contributes no gradient
-            terms = {"total": torch.zeros((), device=self.device)}
+        else:   # an empty shard of a short global batch: no gradient and no loss to log
+            terms = {}
         if self.info.enabled and not self.ddp_wrapped:
-            self._reduce_gradients(self.local_images)
+            n = self._reduce_gradients(self.local_images)
+            terms = self._global_terms({k: v.detach() for k, v in terms.items() if k in self._logged},
+                                       self.local_images, n)
         if self.cfg.optim.clip_grad_norm > 0:
             self.scaler.unscale_(self.opt)
             nn.utils.clip_grad_norm_(self.params, self.cfg.optim.clip_grad_norm)
