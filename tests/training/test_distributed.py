@@ -62,13 +62,14 @@ def test_distill_ddp_two_processes_match_single_process(tmp_path):
     for i in range(6):
         Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
     # SGD: the gradients themselves are compared (Adam would magnify float noise in ~0 grads);
+    # no BatchNorm (num_mbconv 0) and no drop path: per-rank statistics and draws would differ;
     # 5 training images in batches of 2: the last global batch leaves rank 1 empty.
     args = ["train", "--task", "distill", f"distill.teacher={MOBILE_SAM}",
             f"distill.images=[{tmp_path / 'imgs'}]", "distill.val_fraction=0.2", "train.epochs=2",
             "train.batch_size=2", "data.size=64", "train.device=cpu", "train.precision=fp32",
             "data.workers=0", "optim.name=sgd", "optim.momentum=0", "optim.lr=0.05",
             "model.overrides={embed_dim: 24, depth: 2, num_heads: [6, 6, 6], decoder_heads: 4, "
-            "decoder_mlp_dim: 32, num_mbconv: 0}"]
+            "decoder_mlp_dim: 32, num_mbconv: 0, drop_path_rate: 0.0}"]
     assert main([*args, f"train.out_dir={tmp_path / 'single'}"]) == 0
     torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
     res = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "hrmedseg", *args,
