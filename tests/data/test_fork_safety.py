@@ -46,7 +46,7 @@ def _run(**parts) -> subprocess.CompletedProcess:
 
 
 def test_worker_initialiser_survives_a_parent_opencv_pool():
-    r = _run(parent_setup="from hrmedseg.training.trainer import _worker_init",
+    r = _run(parent_setup="from hrmedseg.training.engine import worker_init as _worker_init",
              child_init="_worker_init(0)")
     assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr
 

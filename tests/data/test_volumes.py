@@ -186,7 +186,7 @@ def test_mha_without_simpleitk_is_clear(tmp_path):
 
 
 def test_check_dataset_accepts_a_3d_nnunet_dataset(tmp_path, capsys):
-    from hrmedseg.training.volume_data import VolumeSliceDataset
+    from hrmedseg.data.volume_slices import VolumeSliceDataset
     _nnunet_3d(tmp_path / "v")
     assert len(VolumeSliceDataset(tmp_path / "v", num_classes=3, size=32)) > 0   # what training reads
     assert main(["check-dataset", str(tmp_path / "v")]) == 0

@@ -114,7 +114,7 @@ def test_distilled_encoder_embedding_mse_against_mobilesam(n, factor):
     """The shipped distilled encoder's embedding MSE against the real MobileSAM encoder on
     held-out images, measured here (fp32, CPU), is near the recorded held-out MSE (a mean over
     166 images; single images spread over about 0.4x-1.5x of it),"""
-    from hrmedseg.training.distill import load_rgb255
+    from hrmedseg.training.tasks.distill import load_rgb255
     images = _heldout_images(n)
     if not MOBILE_SAM.is_file() or not all(p.is_file() for p in images):
         pytest.skip("MobileSAM checkpoint or the Kvasir-SEG / DSB-2018 images not available")

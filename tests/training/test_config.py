@@ -60,7 +60,7 @@ def test_default_recipe_file_equals_the_dataclass_defaults():
 
 def test_time_horizon_schedule_follows_the_budget():
     from hrmedseg.training.config import ConfigError, load_config
-    from hrmedseg.training.trainer import lr_factor
+    from hrmedseg.training.engine import lr_factor
     with pytest.raises(ConfigError, match="time_limit_min"):
         load_config(None, ["schedule.horizon=time"])
     with pytest.raises(ConfigError, match="cosine or constant"):
@@ -85,3 +85,22 @@ def test_default_pretrained_falls_back_to_scratch_when_the_weight_does_not_fit(c
     assert "distilled" in m.pretrained_weight
     with pytest.raises(Exception, match="does not fit"):  # asked for explicitly: an error
         build_model(load_config(None, [tiny, "model.pretrained=true"]))
+
+
+def test_task_sections_and_recipes():
+    """One Config for every task: the distill and esp_medsam recipes set the task and its
+    section; unknown task names and keys of a task section are refused naming the key."""
+    from hrmedseg.training.config import apply_overrides
+    d = load_config("distill")
+    assert d.task == "distill" and d.optim.name == "adam" and d.optim.lr == 1e-3
+    assert d.schedule.name == "constant" and d.train.batch_size == 4 and d.train.epochs == 20
+    e = load_config("esp_medsam", ["esp.w_modality=0.5", "esp.datasets=[{root: a, modality: 0}]"])
+    assert e.task == "esp" and e.esp.w_modality == 0.5 and e.esp.datasets == [{"root": "a", "modality": 0}]
+    assert e.schedule.name == "exponential" and e.optim.lr == 1e-4
+    with pytest.raises(ConfigError, match="task must be one of"):
+        load_config(None, ["task=classify"])
+    with pytest.raises(ConfigError, match="unknown key 'distill.teachr'"):
+        load_config("distill", ["distill.teachr=x"])
+    cfg = load_config(None)
+    with pytest.raises(ConfigError, match="esp.w_seg: expected a number"):
+        apply_overrides(cfg, {"esp": {"w_seg": "heavy"}})

@@ -2,6 +2,7 @@
 student folder loads into `hrmedseg train` (encoder + neck only)."""
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,9 @@ from PIL import Image
 from hrmedseg.models._hub import load_safetensors
 from hrmedseg.models._registry import create_model
 from hrmedseg.training.checkpoint import load_state
-from hrmedseg.training.distill import DistillConfig, Distiller, distill
+from hrmedseg.training.config import load_config
+from hrmedseg.training.run import train
+from hrmedseg.training.tasks import DistillTask
 
 TINY_TEACHER = dict(embed_dims=(8, 16, 16, 32), depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 2),
                     window_sizes=(2, 2, 2, 2), head_classes=0)
@@ -38,12 +41,25 @@ def tiny_teacher(seed=0):
     return create_model("mobile_sam", img_size=64, encoder_args=TINY_TEACHER)
 
 
-def cfg_for(tmp_path, out="run", **kw):
-    base = dict(images=[str(tmp_path / "imgs")], out_dir=str(tmp_path / out), student_overrides=STUDENT,
-                epochs=4, batch_size=2, lr=1e-3, size=64, device="cpu", precision="fp32",
-                val_fraction=0.2, teacher_cache=str(tmp_path / "cache"))
-    base.update(kw)
-    return DistillConfig(**base)
+def cfg_for(tmp_path, out="run", epochs=4, max_steps=0, time_limit_min=0.0, augment="none",
+            val_images=(), **distill):
+    """The distill recipe at a tiny size (CPU, fp32), as `hrmedseg distill` would set it."""
+    from hrmedseg.training.config import apply_overrides
+    cfg = load_config("distill")
+    apply_overrides(cfg, {
+        "model": {"overrides": STUDENT}, "data": {"size": 64, "augment": augment, "workers": 0},
+        "optim": {"lr": 1e-3},
+        "train": {"out_dir": str(tmp_path / out), "epochs": epochs, "batch_size": 2,
+                  "device": "cpu", "precision": "fp32", "max_steps": max_steps,
+                  "time_limit_min": time_limit_min},
+        "distill": {"images": [str(tmp_path / "imgs")], "val_fraction": 0.2,
+                    "teacher_cache": str(tmp_path / "cache"), "val_images": list(val_images),
+                    **distill}})
+    return load_config(None, base=cfg)
+
+
+def distill(cfg, teacher=None, progress=False):
+    return train(cfg, task=DistillTask(cfg, teacher=teacher), progress=progress)
 
 
 def read_csv(path):
@@ -98,10 +114,9 @@ def test_distill_resume_matches_uninterrupted(tmp_path, images):
 
 def test_distill_strong_augment_runs_teacher_on_the_fly(tmp_path, images):
     teacher = tiny_teacher()
-    d = Distiller(cfg_for(tmp_path, epochs=1, augment="strong"), teacher=teacher, progress=False)
-    s = d.fit()
+    s = distill(cfg_for(tmp_path, epochs=1, augment="strong"), teacher=teacher)
     # held-out images cached once (2), each training view embedded on the fly (8)
-    assert d.teacher_calls == 2 + 8 and s["epochs_done"] == 1
+    assert s["teacher_calls"] == 2 + 8 and s["epochs_done"] == 1
     assert len(json.loads((tmp_path / "cache" / "manifest.json").read_text())["entries"]) == 2
 
 
@@ -142,7 +157,7 @@ def test_distill_cli(tmp_path, images, monkeypatch):
     from hrmedseg.models.sam import to_sam_state_dict
     torch.save(to_sam_state_dict(teacher), ckpt)
     # the CLI builds the default vit_t from a checkpoint; here the tiny layout is substituted
-    import hrmedseg.training.distill as dmod
+    import hrmedseg.training.tasks.distill as dmod
     real = dmod.build_teacher
     monkeypatch.setattr(dmod, "build_teacher",
                         lambda t, size: real(tiny_teacher(), size) if isinstance(t, str) else real(t, size))
@@ -163,10 +178,10 @@ def test_explicit_heldout_images_and_time_budget(tmp_path, images):
     val = make_images(tmp_path / "heldout", n=3, seed=1)
     teacher = tiny_teacher()
     cfg = cfg_for(tmp_path, val_images=[str(val)], epochs=50, time_limit_min=0.02, augment="strong")
-    d = Distiller(cfg, teacher=teacher, progress=False)
-    assert len(d.val_paths) == 3 and len(d.train_paths) == 10
-    assert not {p.resolve() for p in d.val_paths} & {p.resolve() for p in d.train_paths}
-    s = d.fit()
+    task = DistillTask(cfg, teacher=teacher)
+    s = train(cfg, task=task, progress=False)
+    assert len(task.val_paths) == 3 and len(task.train_paths) == 10
+    assert not {p.resolve() for p in task.val_paths} & {p.resolve() for p in task.train_paths}
     assert s["stopped_early"] and s["epochs_done"] < 50
     state = load_state(tmp_path / "run" / "checkpoints" / "last")
     assert state["elapsed_s"] >= 0.02 * 60
@@ -174,5 +189,80 @@ def test_explicit_heldout_images_and_time_budget(tmp_path, images):
     rows = read_csv(tmp_path / "run" / "metrics.csv")
     assert rows[-1]["val_loss"] != ""
     step = state["global_step"]
-    s2 = Distiller(cfg, teacher=teacher, progress=False).fit()
+    s2 = distill(cfg, teacher=teacher)
     assert s2["resumed"] and s2["global_step"] == step
+
+
+def test_train_step_and_validation_are_the_mse_of_the_embeddings(tmp_path, images):
+    """One training step's loss and one validation equal F.mse_loss of the student's and the
+    teacher's embeddings computed here on the same batch (an L1 or a sum would not)."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from hrmedseg.training.engine import Engine
+    from hrmedseg.training.tasks.distill import load_rgb255
+
+    teacher = tiny_teacher()
+    cfg = cfg_for(tmp_path, epochs=1)
+    task = DistillTask(cfg, teacher=teacher)
+    eng = Engine(cfg, task, progress=False)
+    task.prepare(resumed=False)                       # the teacher cache (float16)
+    batch = next(iter(task.train_batches(0, 0)))
+    idx, imgs = batch
+    x = torch.cat([teacher.preprocess(im[None])[0] for im in imgs])
+    ref_student = copy.deepcopy(task.model).train()   # the weights before the step
+    with torch.no_grad():
+        want = F.mse_loss(ref_student.forward_embedding(x), teacher.image_embeddings(x))
+    task.model.train()
+    got = eng.train_step(batch)["total"]
+    assert float(got) == pytest.approx(float(want), rel=1e-3)
+    assert float(got) != pytest.approx(float(F.l1_loss(ref_student.forward_embedding(x).detach(),
+                                                         teacher.image_embeddings(x))), rel=1e-2)
+    # validation after that step: the mean over held-out images, teacher embeddings fresh
+    after = copy.deepcopy(task.model).eval()
+    xv = torch.cat([teacher.preprocess(load_rgb255(p)[None])[0] for p in task.val_paths])
+    with torch.no_grad():
+        want_val = F.mse_loss(after.forward_embedding(xv), teacher.image_embeddings(xv))
+    assert eng._validate()["val_loss"] == pytest.approx(float(want_val), rel=1e-3)
+
+
+MOBILE_SAM = Path(__file__).resolve().parents[3] / "shared" / "weights" / "mobile_sam.pt"
+if not MOBILE_SAM.is_file():
+    MOBILE_SAM = Path("/work/shared/weights/mobile_sam.pt")
+
+
+@pytest.mark.skipif(not MOBILE_SAM.is_file(), reason="mobile_sam.pt not available")
+def test_distill_cli_with_the_real_mobile_sam(tmp_path):
+    """`hrmedseg distill` with MobileSAM's released checkpoint at 64²: the cache is keyed by
+    the file's sha256, and the starting held-out MSE (epoch 0) is the MSE between a fresh
+    student and MobileSAM's embedding computed here."""
+    import torch.nn.functional as F
+
+    from hrmedseg.cli.main import main
+    from hrmedseg.models._pretrained import sha256_of
+    from hrmedseg.training.tasks.distill import load_rgb255
+
+    imgs = make_images(tmp_path / "imgs", n=4)
+    student = dict(embed_dim=24, depth=2, num_heads=[6, 6, 6], decoder_heads=4, decoder_mlp_dim=32)
+    run = tmp_path / "run"
+    rc = main(["distill", "--teacher", str(MOBILE_SAM), "--images", str(imgs), "-o", str(run),
+               "--epochs", "1", "--batch", "2", "--size", "64", "--device", "cpu",
+               "--precision", "fp32", "--workers", "0", "--val-fraction", "0.25",
+               "--set", *[f"{k}={json.dumps(v)}" for k, v in student.items()]])
+    assert rc == 0
+    man = json.loads((run / "teacher_cache" / "manifest.json").read_text())
+    assert man["teacher_sha256"] == sha256_of(MOBILE_SAM) and len(man["entries"]) == 4
+    rows = read_csv(run / "metrics.csv")
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    # the same seed, the same build order as the run: teacher, then student
+    torch.manual_seed(0)
+    teacher = create_model("mobile_sam", pretrained=str(MOBILE_SAM), img_size=64).eval()
+    fresh = create_model("hrmedseg", pretrained=False, num_classes=1, img_size=64, **student).eval()
+    val = json.loads((run / "distill_config.json").read_text())["val_stems"]
+    assert len(val) == 1
+    x = torch.cat([teacher.preprocess(load_rgb255(Path(p))[None])[0] for p in val])
+    with torch.no_grad():
+        want = F.mse_loss(fresh.forward_embedding(x), teacher.image_embeddings(x))
+    assert float(rows[0]["val_loss"]) == pytest.approx(float(want), rel=1e-3)
+    assert (run / "student" / "model.safetensors").is_file()

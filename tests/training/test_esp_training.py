@@ -15,7 +15,11 @@ from _trainutils import make_dataset
 from hrmedseg.models._hub import from_pretrained, load_safetensors
 from hrmedseg.models._registry import create_model
 from hrmedseg.training.checkpoint import load_state
-from hrmedseg.training.esp_training import (ESPTrainConfig, ESPTrainer, mmdkd_mse, train_esp)
+from hrmedseg.training.config import apply_overrides, load_config
+from hrmedseg.training.engine import Engine
+from hrmedseg.training.run import train
+from hrmedseg.training.tasks import ESPTask
+from hrmedseg.training.tasks.esp import mmdkd_mse
 
 S = 32   # input side: 2×2 embedding of width 16, one SPPG patch
 TINY = dict(embed_dim=16, sppg_hidden=8, decoder_heads=2, decoder_mlp_dim=16, decoder_depth=1,
@@ -56,21 +60,38 @@ def data(tmp_path):
     return a, b, nat / "images"
 
 
-def config(tmp_path, data, out="run", **kw):
+def config(tmp_path, data, out="run", epochs=1, batch_size=2, lr=2e-3, size=S, augment="none",
+           max_steps=0, model_overrides=TINY, **esp):
+    """The esp_medsam recipe at a tiny size (CPU, fp32), as `hrmedseg train-esp` would set it."""
     a, b, _ = data
-    base = dict(datasets=[(str(a), 0), (str(b), 1)], out_dir=str(tmp_path / out),
-                model_overrides=TINY, epochs=1, batch_size=2, lr=2e-3, size=S, precision="fp32",
-                device="cpu", workers=0, augment="none", eval_test=False, eval_hd=False)
-    base.update(kw)
-    return ESPTrainConfig(**base)
+    cfg = load_config("esp_medsam")
+    apply_overrides(cfg, {
+        "model": {"overrides": model_overrides},
+        "data": {"size": size, "augment": augment, "workers": 0},
+        "optim": {"lr": lr},
+        "train": {"out_dir": str(tmp_path / out), "epochs": epochs, "batch_size": batch_size,
+                  "device": "cpu", "precision": "fp32", "max_steps": max_steps,
+                  "eval_test": False},
+        "esp": {"datasets": [{"root": str(a), "modality": 0}, {"root": str(b), "modality": 1}],
+                "eval_hd": False, **esp}})
+    return load_config(None, base=cfg)
+
+
+def ESPTrainer(cfg, **kw):
+    """The engine set up on the ESP task; returns the task (its engine is ``task.engine``)."""
+    return Engine(cfg, ESPTask(cfg, **kw), progress=False).task
+
+
+def train_esp(cfg, teacher=None, progress=False):
+    return train(cfg, task=ESPTask(cfg, teacher=teacher), progress=progress)
 
 
 def test_batches_hold_one_modality_and_cover_each_image_once(tmp_path, data):
-    t = ESPTrainer(config(tmp_path, data), teacher=TinyTeacher(), progress=False)
+    t = ESPTrainer(config(tmp_path, data), teacher=TinyTeacher())
     assert [len(p.train) for p in t.parts] == [4, 3]          # random split / splits.json
     assert [len(p.val) for p in t.parts] == [0, 2]
     plan = t.epoch_plan(0)
-    assert len(plan) == t.batches_per_epoch == 2 + 2
+    assert len(plan) == t.batches_per_epoch() == 2 + 2
     for k, part in enumerate(t.parts):
         idx = sorted(i for kk, b in plan if kk == k for i in b)
         assert idx == list(range(len(part.train)))            # every image once
@@ -81,12 +102,12 @@ def test_batches_hold_one_modality_and_cover_each_image_once(tmp_path, data):
     # what the loader yields: each batch from one dataset, routed by its modality id
     train_stems = [{s.stem for s in p.train} for p in t.parts]
     seen = []
-    for batch in t._loader(0, 0):
+    for batch in t.train_batches(0, 0):
         k = int(batch["dataset"])
         assert set(batch["stem"]) <= train_stems[k]
-        seen.append(t._inputs(batch)[2])
+        seen.append(t.inputs(batch)[2])
     assert sorted(seen) == [0, 0, 1, 1]
-    assert t._loader(0, 3).dataset.__len__() == 1             # resume mid-epoch skips 3
+    assert t.train_batches(0, 3).dataset.__len__() == 1             # resume mid-epoch skips 3
 
 
 def test_mmdkd_terms_match_hand_computation(tmp_path, data):
@@ -94,17 +115,17 @@ def test_mmdkd_terms_match_hand_computation(tmp_path, data):
     nat_t, med_t = TinyTeacher(1), TinyTeacher(2)
     cfg = config(tmp_path, data, w_seg=0.0, w_universal=0.7, w_modality=0.3,
                  natural_images=[str(data[2])])
-    t = ESPTrainer(cfg, teacher=nat_t, medical_teacher=med_t, progress=False)
+    t = ESPTrainer(cfg, teacher=nat_t, medical_teacher=med_t)
     m = t.model.eval()
-    batch = next(iter(t._loader(0, 0)))
-    x, y, n, x_nat = t._inputs(batch)
+    batch = next(iter(t.train_batches(0, 0)))
+    x, y, n, x_nat = t.inputs(batch)
     assert x_nat.shape == (2, 3, S, S)
     # the student path used for training is forward_with_aux plus its embedding
     logits, patches, emb = t.forward_student(x, n)
     ref_logits, ref_patches = m.forward_with_aux(x, n)
     assert torch.allclose(logits, ref_logits) and torch.allclose(patches, ref_patches)
 
-    terms = t.losses(x, y, n, x_nat)
+    terms = t.step_losses(x, y, n, x_nat)
     with torch.no_grad():
         uni = ((m.image_embeddings(x_nat, None) - nat_t(x_nat)) ** 2).sum() / emb.numel()
         mod = ((m.image_embeddings(x, n) - med_t(x)) ** 2).sum() / emb.numel()
@@ -120,8 +141,8 @@ def test_mmdkd_terms_match_hand_computation(tmp_path, data):
     bag_p = m.controller.bags[n].k_tokens[0]
     g_uni = torch.autograd.grad(0.7 * terms["universal"], shared_p, retain_graph=True)[0]
     g_mod = torch.autograd.grad(0.3 * s * terms["modality"], bag_p, retain_graph=True)[0]
-    t.opt.zero_grad(set_to_none=True)
-    t.backward(terms, n)
+    t.engine.opt.zero_grad(set_to_none=True)
+    t.backward(terms, t.engine.scaler)
     assert torch.allclose(shared_p.grad, g_uni, atol=1e-7)
     assert torch.allclose(bag_p.grad, g_mod, atol=1e-7)
     assert bag_p.grad.abs().sum() > 0
@@ -129,21 +150,20 @@ def test_mmdkd_terms_match_hand_computation(tmp_path, data):
     assert all(p.grad is None for p in m.controller.bags[other].parameters())
 
     # coupled: the modality term reaches the shared encoder as well
-    t.cfg.decoupled = False
-    t.opt.zero_grad(set_to_none=True)
-    terms = t.losses(x, y, n, x_nat)
+    t.e.decoupled = False
+    t.engine.opt.zero_grad(set_to_none=True)
+    terms = t.step_losses(x, y, n, x_nat)
     g_both = torch.autograd.grad(terms["total"], shared_p, retain_graph=True)[0]
-    t.backward(terms, n)
+    t.backward(terms, t.engine.scaler)
     assert torch.allclose(shared_p.grad, g_both, atol=1e-7)
     assert not torch.allclose(g_both, g_uni)
 
 
 def test_loss_decreases_on_a_fixed_batch(tmp_path, data):
-    t = ESPTrainer(config(tmp_path, data, lr=3e-3), teacher=TinyTeacher(), progress=False)
-    batch = next(iter(t._loader(0, 0)))
-    x, y, n, x_nat = t._inputs(batch)
+    t = ESPTrainer(config(tmp_path, data, lr=3e-3), teacher=TinyTeacher())
+    batch = next(iter(t.train_batches(0, 0)))
     t.model.train()
-    losses = [t.train_step(x, y, n, x_nat) for _ in range(6)]
+    losses = [{k: float(v) for k, v in t.engine.train_step(batch).items()} for _ in range(6)]
     total = [v["total"] for v in losses]
     assert total[-1] < 0.8 * total[0], total
     assert losses[-1]["modality"] < losses[0]["modality"]
@@ -168,8 +188,7 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, data):
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     # a different teacher is refused rather than mixed in
     with pytest.raises(ValueError, match="resume"):
-        train_esp(config(tmp_path, data, "cut", **{**kw, "epochs": 3}), teacher=TinyTeacher(5),
-                  progress=False)
+        train_esp(config(tmp_path, data, "cut", **{**kw, "epochs": 3}), teacher=TinyTeacher(5))
 
 
 def test_cli_end_to_end(tmp_path, data):
@@ -204,6 +223,7 @@ def test_cli_end_to_end(tmp_path, data):
     assert rows[0]["val_dice/polyp"] == ""                    # no val split there
     assert (run / "curve.png").stat().st_size > 0
     cfg = json.loads((run / "esp_config.json").read_text())["resolved"]
+    assert json.loads((run / "env.json").read_text())["task"] == "esp"
     assert cfg["modality_target"] == "medical_teacher" and cfg["universal_input"] == "medical batch"
     model = from_pretrained(run / "model")
     meta = json.loads((run / "model" / "config.json").read_text())["metadata"]
@@ -234,14 +254,41 @@ def test_mobile_sam_teacher_and_init(tmp_path, data):
     controller's random k/v tokens make the modality term small but not 0. One real step runs."""
     cfg = config(tmp_path, data, model_overrides={}, size=64, teacher=str(MOBILE_SAM),
                  init=str(MOBILE_SAM), max_steps=1, epochs=1)
-    t = ESPTrainer(cfg, progress=False)
+    t = ESPTrainer(cfg)
     assert len(t.model.pretrained_report.loaded) > 400
-    batch = next(iter(t._loader(0, 0)))
-    x, y, n, _ = t._inputs(batch)
+    batch = next(iter(t.train_batches(0, 0)))
+    x, y, n, _ = t.inputs(batch)
     t.model.eval()                      # BatchNorm on running statistics, like the teacher
     with torch.no_grad():
-        terms = t.losses(x, y, n)
+        terms = t.step_losses(x, y, n)
     assert float(terms["universal"]) < 1e-8
     assert 0 < float(terms["modality"]) < 0.1 * float((t.teacher(x) ** 2).mean())
-    s = t.fit()
-    assert s["global_step"] == 1 and s["stopped_early"]
+    s = t.engine.fit()
+    assert s.global_step == 1 and s.stopped_early
+
+
+def test_train_esp_flags_are_keys_of_train_task_esp(tmp_path, data, capsys):
+    """`hrmedseg train-esp FLAGS` is `hrmedseg train --task esp KEYS`: the same config, and the
+    general verb trains it."""
+    from hrmedseg.cli import train_esp as verb
+    from hrmedseg.cli.main import build_parser, main
+    a, b, _ = data
+    args = build_parser().parse_args([
+        "train-esp", "--data", f"polyp={a}:0", f"nuclei={b}:1", "-o", str(tmp_path / "cli"),
+        "--epochs", "1", "--batch", "2", "--size", str(S), "--precision", "fp32", "--device", "cpu",
+        "--workers", "0", "--augment", "none", "--lr-gamma", "0.9", "--w-modality", "0.5",
+        "--coupled", "--no-test"])
+    flags = verb.to_config(args)
+    keys = ["--task", "esp", f"esp.datasets=[{{root: {a}, modality: 0, name: polyp}}, "
+            f"{{root: {b}, modality: 1, name: nuclei}}]", f"train.out_dir={tmp_path / 'cli'}",
+            "train.epochs=1", "train.batch_size=2", f"data.size={S}", "train.precision=fp32",
+            "train.device=cpu", "data.workers=0", "data.augment=none", "schedule.gamma=0.9",
+            "esp.w_modality=0.5", "esp.decoupled=false", "train.eval_test=false",
+            f"model.overrides={json.dumps(TINY)}"]
+    from hrmedseg.training.config import load_config
+    general = load_config("esp_medsam", [k for k in keys[2:]])
+    flags.model.overrides = dict(TINY)
+    assert flags.to_dict() == general.to_dict()
+    assert main(["train", *keys]) == 0
+    summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert summary["task"] == "esp" and summary["epochs_done"] == 1 and summary["global_step"] == 4

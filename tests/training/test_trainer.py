@@ -15,6 +15,14 @@ from hrmedseg.training.checkpoint import find_checkpoint, load_state
 from _trainutils import make_dataset, tiny_args
 
 
+def _engine(cfg, model, loss_fn, train_set):
+    """The engine on the segmentation task with a model, loss and dataset given in Python."""
+    from hrmedseg.training.engine import Engine
+    from hrmedseg.training.tasks import SegmentTask
+    return Engine(cfg, SegmentTask(cfg, model=model, loss_fn=loss_fn, train_set=train_set),
+                  progress=False)
+
+
 def test_train_writes_run_folder_and_evaluates(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(tiny_args(tiny_dataset, out, epochs=2)) == 0
@@ -112,8 +120,7 @@ def test_time_budget_and_time_schedule_start_at_the_first_batch(tmp_path):
     from hrmedseg.training.config import load_config
     from hrmedseg.training.losses import build_loss
     from hrmedseg.training.run import build_model
-    from hrmedseg.training.trainer import Trainer
-
+    
     from _trainutils import TINY_OVERRIDES
 
     cfg = load_config("paper", ["data.size=32", "data.workers=0", "train.batch_size=2", "train.epochs=1000",
@@ -121,7 +128,7 @@ def test_time_budget_and_time_schedule_start_at_the_first_batch(tmp_path):
                                 "schedule.name=cosine", "schedule.horizon=time", "schedule.warmup_epochs=0",
                                 f"train.time_limit_min={1 / 60}", "train.device=cpu", TINY_OVERRIDES])
     net = build_model(cfg)
-    trainer = Trainer(cfg, net, build_loss("dice_ce", 1), _SlowStartDataset())
+    trainer = _engine(cfg, net, build_loss("dice_ce", 1), _SlowStartDataset())
     lrs = []
     set_lr = trainer._set_lr
     trainer._set_lr = lambda: lrs.append(set_lr()) or lrs[-1]
@@ -139,8 +146,7 @@ def test_compile_mode_reaches_torch_compile_and_bad_modes_are_config_errors(tmp_
     from hrmedseg.training.config import ConfigError, load_config
     from hrmedseg.training.losses import build_loss
     from hrmedseg.training.run import build_model
-    from hrmedseg.training.trainer import Trainer
-
+    
     from _trainutils import TINY_OVERRIDES
 
     seen = {}
@@ -155,7 +161,7 @@ def test_compile_mode_reaches_torch_compile_and_bad_modes_are_config_errors(tmp_
                                 "train.compile_mode=reduce-overhead", TINY_OVERRIDES])
     marks = []
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
-    trainer = Trainer(cfg, build_model(cfg), build_loss("dice_ce", 1), _SlowStartDataset())
+    trainer = _engine(cfg, build_model(cfg), build_loss("dice_ce", 1), _SlowStartDataset())
     try:
         # CUDA-graph modes mark every training step as a new one (their output buffers are
         # reused between replays)
@@ -176,15 +182,14 @@ def test_checkpointing_fraction_flows_from_the_config(tmp_path, fraction, patter
     from hrmedseg.training.config import load_config
     from hrmedseg.training.losses import build_loss
     from hrmedseg.training.run import build_model
-    from hrmedseg.training.trainer import Trainer
-
+    
     from _trainutils import TINY_OVERRIDES
 
     cfg = load_config("paper", ["data.size=32", "train.precision=fp32", "train.device=cpu",
                                 "data.workers=0", "train.batch_size=2",
                                 f"train.out_dir={tmp_path / 'run'}", "model.grad_checkpointing=true",
                                 f"model.grad_checkpointing_fraction={fraction}", TINY_OVERRIDES])
-    trainer = Trainer(cfg, build_model(cfg), build_loss("dice_ce", 1), _SlowStartDataset())
+    trainer = _engine(cfg, build_model(cfg), build_loss("dice_ce", 1), _SlowStartDataset())
     try:
         assert trainer.model.encoder.checkpointed == pattern
     finally:
@@ -195,14 +200,13 @@ def test_checkpointing_fraction_on_a_model_without_it_is_a_config_error(tmp_path
     from hrmedseg.training.config import ConfigError, load_config
     from hrmedseg.training.losses import build_loss
     from hrmedseg.training.run import build_model
-    from hrmedseg.training.trainer import Trainer
-
+    
     cfg = load_config("qtseg", ["data.size=32", "train.precision=fp32", "train.device=cpu",
                                 "data.workers=0", "train.batch_size=2",
                                 f"train.out_dir={tmp_path / 'run'}", "model.pretrained=none", "model.grad_checkpointing=true",
                                 "model.grad_checkpointing_fraction=0.5"])
     with pytest.raises(ConfigError, match="grad_checkpointing_fraction: qtseg recomputes all"):
-        Trainer(cfg, build_model(cfg), build_loss("dice_ce", 1), _SlowStartDataset())
+        _engine(cfg, build_model(cfg), build_loss("dice_ce", 1), _SlowStartDataset())
 
 
 class _LossGoesNaN(torch.nn.Module):
@@ -222,11 +226,10 @@ class _LossGoesNaN(torch.nn.Module):
 def test_non_finite_loss_stops_the_run_before_any_save(tmp_path):
     """Losses are read every LOSS_READ_EVERY steps (no GPU wait per step), and always before a
     save: a NaN stops the run naming the steps, and no checkpoint holds the broken weights."""
-    from hrmedseg.training import trainer as trainer_mod
+    from hrmedseg.training import engine as trainer_mod
     from hrmedseg.training.config import load_config
     from hrmedseg.training.run import build_model
-    from hrmedseg.training.trainer import Trainer
-
+    
     from _trainutils import TINY_OVERRIDES
 
     cfg = load_config("paper", ["data.size=32", "train.precision=fp32", "train.device=cpu",
@@ -234,8 +237,7 @@ def test_non_finite_loss_stops_the_run_before_any_save(tmp_path):
                                 "train.save_every_steps=2", "train.eval_test=false",
                                 f"train.out_dir={tmp_path / 'run'}", TINY_OVERRIDES])
     assert trainer_mod.LOSS_READ_EVERY > 2   # here the saves force the reads
-    trainer = Trainer(cfg, build_model(cfg), _LossGoesNaN(at=3),
-                      _SlowStartDataset(n=12, delay=0.0))
+    trainer = _engine(cfg, build_model(cfg), _LossGoesNaN(at=3), _SlowStartDataset(n=12, delay=0.0))
     try:
         with pytest.raises(FloatingPointError, match="within steps 3-4"):
             trainer.fit(resume=False)

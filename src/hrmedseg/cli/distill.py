@@ -6,13 +6,17 @@ zero padding). Without augmentation the teacher's embeddings are computed once a
 (float16 .npy per image, manifest with the teacher's sha256); ``--augment strong`` runs the
 teacher on each random view. Rerunning the same command continues from RUN/checkpoints/last.
 ``RUN/student`` is a model folder; ``hrmedseg train model.pretrained=RUN/student`` loads its
-encoder and neck.
+encoder and neck. The same as ``hrmedseg train --task distill`` (recipe ``distill``) with these
+flags as its keys.
 """
 from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    from ..training.config import Config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,28 +40,41 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher-cache", help="embedding cache folder (default RUN/teacher_cache)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (resumable)")
-    p.add_argument("--workers", type=int, default=2, help="image-reading processes")
+    p.add_argument("--workers", default="auto",
+                   help="image-reading processes (default auto: from the CPU count)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="student model overrides, e.g. embed_dim=48 depth=8")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..training.distill import DistillConfig, distill
+def to_config(args: argparse.Namespace) -> "Config":
+    """The flags as keys of the one training config (recipe ``distill``)."""
+    from ..training.config import Config, apply_overrides, load_config, validate
     from ._common import parse_set
+
+    cfg: Config = load_config("distill")
+    apply_overrides(cfg, {
+        "model": {"name": args.student, "overrides": parse_set(args.set)},
+        "data": {"size": [args.size, args.size], "augment": args.augment, "workers": args.workers},
+        "optim": {"lr": args.lr},
+        "train": {"out_dir": args.out, "epochs": args.epochs, "batch_size": args.batch,
+                  "device": args.device, "precision": args.precision, "seed": args.seed,
+                  "max_steps": args.max_steps, "time_limit_min": args.time_limit_min},
+        "distill": {"images": args.images, "val_images": args.val_images,
+                    "val_fraction": args.val_fraction, "teacher": args.teacher,
+                    "teacher_cache": args.teacher_cache or ""},
+    })
+    validate(cfg)
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training.run import train
     from .main import UserError
 
-    overrides = parse_set(args.set)
     try:
-        cfg = DistillConfig(images=args.images, out_dir=args.out, student=args.student,
-                            student_overrides=overrides, teacher=args.teacher, epochs=args.epochs,
-                            batch_size=args.batch, lr=args.lr, size=args.size, device=args.device,
-                            precision=args.precision, val_fraction=args.val_fraction,
-                            augment=args.augment, teacher_cache=args.teacher_cache, seed=args.seed,
-                            max_steps=args.max_steps, workers=args.workers,
-                            val_images=args.val_images, time_limit_min=args.time_limit_min)
-        summary = distill(cfg)
-    except ValueError as exc:
+        summary = train(to_config(args))
+    except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2, default=str))
     return 0

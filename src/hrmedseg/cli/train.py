@@ -1,8 +1,11 @@
-"""``hrmedseg train --config FILE [section.key=value ...]``."""
+"""``hrmedseg train [--task segment|distill|esp] --config FILE [section.key=value ...]``."""
 from __future__ import annotations
 
 import argparse
 import json
+
+
+TASK_RECIPES = {"segment": "default", "distill": "distill", "esp": "esp_medsam"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -10,9 +13,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Train from a config file or a shipped recipe (paper, herseg, "
                                    "qtseg); override any field as section.key=value. Under "
                                    "torchrun it trains with DDP on every process.")
-    p.add_argument("--config", default="default",
+    p.add_argument("--task", choices=["segment", "distill", "esp"],
+                   help="what to train: segment (default), distill (a student's embedding learns "
+                        "a teacher's; distill.* keys) or esp (ESP-MedSAM with MMDKD; esp.* keys)")
+    p.add_argument("--config",
                    help="YAML file or shipped recipe name: default (the distilled encoder, AdamW, "
-                        "cosine; the default), paper, herseg, qtseg")
+                        "cosine; the default for --task segment), paper, herseg, qtseg, distill "
+                        "(default for --task distill), esp_medsam (default for --task esp)")
     p.add_argument("overrides", nargs="*", help="e.g. data.root=DIR train.epochs=40 optim.lr=1e-3")
     p.add_argument("--data", help="shortcut for data.root=DIR")
     p.add_argument("--out", help="shortcut for train.out_dir=DIR")
@@ -32,16 +39,19 @@ def run(args: argparse.Namespace) -> int:
     from ..training.run import train
 
     ov = list(args.overrides)
+    if args.task:
+        ov.insert(0, f"task={args.task}")
+    config = args.config or TASK_RECIPES[args.task or "segment"]
     for flag, key in (("data", "data.root"), ("out", "train.out_dir"), ("model", "model.name"),
                       ("pretrained", "model.pretrained")):
         if getattr(args, flag):
             ov.append(f"{key}={getattr(args, flag)}")
     if args.deterministic:
         ov.append("train.deterministic=true")
-    cfg = load_config(args.config, ov)
+    cfg = load_config(config, ov)
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
     summary = train(cfg, resume=not args.no_resume)
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2, default=str))
     return 0

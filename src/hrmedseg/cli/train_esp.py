@@ -8,13 +8,17 @@ learns ``--teacher`` (SAM's natural-image encoder, e.g. MobileSAM's mobile_sam.p
 ``--medical-teacher`` (a fine-tuned medical SAM; default: the teacher) on each modality's
 images. Without ``--teacher`` and ``--medical-teacher`` only the segmentation loss is used.
 Each dataset's test split is then evaluated prompt-free, per modality. Rerunning the same
-command continues from RUN/checkpoints/last. See :mod:`hrmedseg.training.esp_training`.
+command continues from RUN/checkpoints/last. The same as ``hrmedseg train --task esp`` (recipe
+``esp_medsam``) with these flags as its keys; see :mod:`hrmedseg.training.tasks.esp`.
 """
 from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    from ..training.config import Config
 
 
 def parse_dataset(spec: str) -> dict:
@@ -69,7 +73,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (resumable)")
     p.add_argument("--time-limit-min", type=float, default=0.0,
                    help="stop after this many minutes (resumable; the test split is evaluated)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", default="auto",
+                   help="image-reading processes (default auto: from the CPU count)")
     p.add_argument("--w-seg", type=float, default=1.0, help="segmentation loss weight")
     p.add_argument("--w-universal", type=float, default=1.0, help="MMDKD universal term weight")
     p.add_argument("--w-modality", type=float, default=1.0, help="MMDKD modality term weight")
@@ -87,27 +92,40 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..training.esp_training import ESPTrainConfig, train_esp
+def to_config(args: argparse.Namespace) -> "Config":
+    """The flags as keys of the one training config (recipe ``esp_medsam``)."""
+    from ..training.config import Config, apply_overrides, load_config, validate
     from ._common import parse_set
+
+    cfg: Config = load_config("esp_medsam")
+    apply_overrides(cfg, {
+        "model": {"name": args.model, "overrides": parse_set(args.set)},
+        "data": {"size": [args.size, args.size], "augment": args.augment, "workers": args.workers},
+        "optim": {"lr": args.lr},
+        "schedule": {"gamma": args.lr_gamma},
+        "train": {"out_dir": args.out, "epochs": args.epochs, "batch_size": args.batch,
+                  "device": args.device, "precision": args.precision, "seed": args.seed,
+                  "max_steps": args.max_steps, "time_limit_min": args.time_limit_min,
+                  "eval_test": not args.no_test},
+        "esp": {"datasets": [parse_dataset(d) for d in args.data], "teacher": args.teacher or "",
+                "medical_teacher": args.medical_teacher or "", "natural_images": args.natural_images,
+                "num_modalities": args.num_modalities, "init": args.init or "",
+                "w_seg": args.w_seg, "w_universal": args.w_universal, "w_modality": args.w_modality,
+                "modality_reduction": args.modality_reduction, "decoupled": not args.coupled,
+                "focal_weight": args.focal_weight, "sppg_weight": args.sppg_weight,
+                "eval_hd": not args.no_hd},
+    })
+    validate(cfg)
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training.run import train
     from .main import UserError
 
-    overrides = parse_set(args.set)
     try:
-        cfg = ESPTrainConfig(
-            datasets=[parse_dataset(d) for d in args.data], out_dir=args.out,
-            teacher=args.teacher, medical_teacher=args.medical_teacher,
-            natural_images=args.natural_images, model=args.model, model_overrides=overrides,
-            num_modalities=args.num_modalities, init=args.init, w_seg=args.w_seg,
-            w_universal=args.w_universal, w_modality=args.w_modality,
-            modality_reduction=args.modality_reduction, decoupled=not args.coupled,
-            focal_weight=args.focal_weight, sppg_weight=args.sppg_weight, lr=args.lr,
-            lr_gamma=args.lr_gamma, epochs=args.epochs, batch_size=args.batch,
-            precision=args.precision, size=args.size, augment=args.augment, device=args.device,
-            seed=args.seed, max_steps=args.max_steps, time_limit_min=args.time_limit_min,
-            workers=args.workers, eval_test=not args.no_test, eval_hd=not args.no_hd)
-        summary = train_esp(cfg, resume=not args.no_resume)
-    except ValueError as exc:
+        summary = train(to_config(args), resume=not args.no_resume)
+    except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
     print(json.dumps(summary, indent=2, default=str))
     return 0

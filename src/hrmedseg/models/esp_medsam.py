@@ -64,7 +64,7 @@ times 2 for the SPPG patch merge). MobileSAM weights load with ``pretrained="…
 (see :func:`load_mobile_sam_weights`).
 
 MMDKD distillation (eq. 1) and multi-dataset training (``hrmedseg train-esp``) live in
-:mod:`hrmedseg.training.esp_training`; they use :meth:`ESPMedSAM.image_embeddings` (student
+:mod:`hrmedseg.training.tasks.esp`; they use :meth:`ESPMedSAM.image_embeddings` (student
 features with or without a controller bag).
 """
 from __future__ import annotations

@@ -1,8 +1,14 @@
 """The one typed training configuration, read from YAML with ``section.key=value`` overrides.
 
 A run is described by a :class:`Config`; the CLI reads it (``hrmedseg train --config FILE
-a.b=c ...``), the trainer receives it, and a resolved copy is written to the run folder.
+a.b=c ...``), the training engine receives it, and a resolved copy is written to the run folder.
 Unknown keys and wrong types are errors that name the key, never silently ignored.
+
+``task`` picks what is trained (:mod:`hrmedseg.training.tasks`): ``segment`` (supervised
+segmentation, the sections ``model``/``data``/``loss``), ``distill`` (a student's image
+embedding learns a teacher's; section ``distill``) or ``esp`` (ESP-MedSAM on several datasets of
+one modality each, with MMDKD; section ``esp``). ``optim``, ``schedule`` and ``train`` apply to
+every task: one budget, one resume, one images/s rule. Recipes: ``distill`` and ``esp_medsam``.
 
 The dataclass defaults ARE the default recipe (``recipes/default.yaml`` spells them out):
 HRMedSeg with its shipped distilled encoder, AdamW (lr 5e-4, weight decay 1e-4), one warm-up
@@ -56,7 +62,8 @@ class DataConfig:
     normalize: str = "imagenet"       # imagenet | minmax | none
     augment: str = "strong"           # none | paper | strong
     cache_dir: str = ""               # pre-resized cache; "" = <out_dir>/../.cache/<dataset>
-    workers: int = 4
+    # DataLoader processes; "auto" = min(8, CPU count - 1) (0 on a single core)
+    workers: Any = "auto"
     on_error: str = "raise"           # raise | skip (bad files)
     # 3-D cases (nnU-Net raw layout with .nii.gz volumes) sampled as 2-D slices
     volumes: bool = False
@@ -115,13 +122,53 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    """``task: distill``: the student (``model.name`` or a model folder, ``model.overrides``)
+    learns the teacher's image embedding at ``data.size`` (square, a multiple of 16);
+    ``data.augment`` none (teacher embeddings cached) or strong (teacher on every view)."""
+
+    images: list[str] = field(default_factory=list)       # image folders (recursive) or files
+    val_images: list[str] = field(default_factory=list)   # explicit held-out images
+    val_fraction: float = 0.05                            # else this share of ``images``
+    teacher: str = ""                                     # MobileSAM checkpoint (mobile_sam.pt)
+    teacher_cache: str = ""                               # "" = <out_dir>/teacher_cache
+
+
+@dataclass
+class ESPConfig:
+    """``task: esp``: ESP-MedSAM (``model.name``, ``model.overrides``) on ``datasets``, each a
+    mapping {root, modality[, name, splits]}; square inputs of ``data.size`` (a multiple of 32)."""
+
+    datasets: list[dict[str, Any]] = field(default_factory=list)
+    teacher: str = ""                     # f_ViT-SAM: MobileSAM .pt or model folder; "": no MMDKD
+    medical_teacher: str = ""             # f_ViT-Med: model folder or .pt; "": ``teacher``
+    natural_images: list[str] = field(default_factory=list)   # x_nat folders; []: the medical batch
+    num_modalities: int = 0               # 0: largest dataset id + 1
+    init: str = ""                        # MobileSAM checkpoint for the encoder/decoder
+    w_seg: float = 1.0
+    w_universal: float = 1.0              # MMDKD part 1
+    w_modality: float = 1.0               # MMDKD part 2
+    modality_reduction: str = "sum"       # sum (eq. 1: s_n = B/B_n) | mean (s_n = 1)
+    decoupled: bool = True
+    focal_weight: float = 20.0            # λ of eq. 8
+    sppg_weight: float = 1.0
+    eval_hd: bool = True                  # Hausdorff distances in the final test evaluation
+
+
+TASKS = ("segment", "distill", "esp")
+
+
+@dataclass
 class Config:
+    task: str = "segment"                 # segment | distill | esp
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    esp: ESPConfig = field(default_factory=ESPConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -172,6 +219,9 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
 
 
 def apply_overrides(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
+    """Set the fields of the config dataclass ``obj`` from a nested mapping, coercing each
+    value to the field's type; an unknown key or a wrong type raises :class:`ConfigError`
+    naming ``prefix`` + the key."""
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in data.items():
@@ -185,6 +235,16 @@ def apply_overrides(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
             apply_overrides(current, value, path + ".")
         else:
             setattr(obj, key, _coerce(value, hints[key], path))
+
+
+
+def resolve_workers(value: Any) -> int:
+    """``data.workers``: an integer >= 0, or "auto" = min(8, CPU count - 1), at least 0 (so a
+    2-core machine gets one worker, under PyTorch's suggested maximum)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        import os
+        return max(0, min(8, (os.cpu_count() or 1) - 1))
+    return int(value)
 
 
 def recipe_path(name: str) -> Path:
@@ -245,6 +305,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def validate(cfg: Config) -> None:
+    if cfg.task not in TASKS:
+        raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {cfg.task!r}")
+    w = cfg.data.workers
+    if isinstance(w, bool) or not (
+            (isinstance(w, str) and (w.strip().lower() == "auto" or w.strip().isdigit()))
+            or (isinstance(w, int) and w >= 0)):
+        raise ConfigError(f"data.workers must be an integer >= 0 or auto, got {w!r}")
+    if isinstance(w, str) and w.strip().isdigit():
+        cfg.data.workers = int(w)
+    if cfg.train.val_every < 1:
+        raise ConfigError("train.val_every must be >= 1")
     if cfg.train.compile_mode not in COMPILE_MODES:
         raise ConfigError(f"train.compile_mode must be one of {', '.join(COMPILE_MODES)}, "
                           f"got {cfg.train.compile_mode!r}")
@@ -269,8 +340,8 @@ def validate(cfg: Config) -> None:
                               f"{cfg.schedule.name!r}")
     if cfg.data.on_error not in ("raise", "skip"):
         raise ConfigError(f"data.on_error must be raise or skip, got {cfg.data.on_error!r}")
-    if cfg.train.batch_size < 1 or cfg.train.epochs < 1:
-        raise ConfigError("train.batch_size and train.epochs must be >= 1")
+    if cfg.train.batch_size < 1 or cfg.train.epochs < 0:
+        raise ConfigError("train.batch_size must be >= 1 and train.epochs >= 0")
 
 
 def save_config(cfg: Config, path: Path) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, resolve_workers
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,8 @@ def build_datasets(cfg: Config, num_classes: int, in_chans: int) -> RunData:
     d = cfg.data
     if not d.root:
         raise ConfigError("data.root is empty: give the dataset folder (data.root=PATH)")
-    if d.workers > 0:
+    workers = resolve_workers(d.workers)
+    if workers > 0:
         from ..data.io import opencv_fork_safe
         opencv_fork_safe()   # before the cache's threads touch OpenCV, so workers fork cleanly
     if d.volumes:
@@ -78,7 +79,7 @@ def build_datasets(cfg: Config, num_classes: int, in_chans: int) -> RunData:
         Path(cfg.train.out_dir).parent / ".cache" / f"{Path(d.root).resolve().name}_{size[0]}x{size[1]}")
     # The cache stores everything at the model size: augmentation then works on small arrays.
     # A fresh cache is reused as it is (build_cache checks sizes and mtimes).
-    cache = build_cache(index.samples, size, cache_dir, num_workers=max(0, d.workers),
+    cache = build_cache(index.samples, size, cache_dir, num_workers=workers,
                         on_error=d.on_error, num_classes=num_classes)
 
     def make(stems: list[str], transform) -> SegmentationDataset:
@@ -118,3 +119,25 @@ def build_volume_datasets(cfg: Config, num_classes: int, in_chans: int) -> RunDa
     # per-image evaluation of the trainer, so they are not returned here.
     pre = {"size": list(size), "normalize": d.normalize, "window": d.window, "axis": d.axis}
     return RunData(train, val, None, train.class_names, pre)
+
+
+def run_splits(run_dir: str | Path, data_root: str | Path) -> dict[str, list[str]] | None:
+    """The train/val/test stems a segmentation run drew on ``data_root``: ``RUN/splits.json``
+    (written by the engine), else redrawn from ``RUN/config.yaml`` by the rule the run used
+    (run folders older than ``splits.json``); None when ``run_dir`` is not a run folder."""
+    import json
+
+    from ..data.datasets import discover_pairs
+    from .config import load_config
+    run = Path(run_dir)
+    if (run / "splits.json").is_file():
+        data = json.loads((run / "splits.json").read_text())
+        return {k: list(data.get(k) or []) for k in ("train", "val", "test")}
+    if not (run / "config.yaml").is_file():
+        return None
+    cfg = load_config(run / "config.yaml", [f"data.root={data_root}"])
+    if cfg.task != "segment" or cfg.data.volumes:
+        return None
+    index = discover_pairs(data_root)
+    train, val, test = split_stems(cfg, index.stems, index.official_splits)
+    return {"train": train, "val": val, "test": test}
