@@ -231,7 +231,7 @@ def test_crop_is_exact_slicing() -> None:
 def test_resize_is_area_down_bilinear_up_and_nearest_for_masks() -> None:
     img = (_smooth(1, 3, 40, 60)[0].transpose(1, 2, 0) * 255).round().astype(np.uint8)
     mask = _labels(1, 40, 60)[0]
-    for size in ((20, 30), (50, 75)):
+    for size in ((20, 30), (32, 45), (50, 75)):
         aug = BatchAugment(size, "none")
         y, m = aug.apply(torch.from_numpy(img).permute(2, 0, 1)[None].contiguous(), torch.from_numpy(mask)[None],
                          _off(aug, 1))
@@ -300,13 +300,14 @@ def test_seeded_determinism_and_item_seeds() -> None:
     seeds = [item_seed(7, 1, i) for i in range(4)]
     assert seeds == [(7 * 1_000_003 + 7_919 + i) % (2**31 - 1) for i in range(4)]
     batched = aug.apply(img, mask, aug.draw_items(seeds))
-    # the per-item CPU pipeline with the same seeds gives the same samples
+    # the per-item CPU pipeline (OpenCV, uint8 rounding after each colour op) with the same seeds
     t = train_transform(32, "strong")
     for i, s in enumerate(seeds):
         t.set_random_seed(s)
         one = t(image=img[i].permute(1, 2, 0).numpy(), mask=mask[i].numpy(), keep_uint8=True)
         assert np.array_equal(one["mask"], batched[1][i].numpy())
-        assert np.abs(one["image"].astype(int) - batched[0][i].permute(1, 2, 0).numpy().astype(int)).max() <= 1
+        diff = np.abs(one["image"].astype(int) - batched[0][i].permute(1, 2, 0).numpy().astype(int))
+        assert diff.max() <= 3 and diff.mean() < 0.6
 
 
 def test_per_sample_probabilities_match_the_policies() -> None:

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["AugmentPolicy", "POLICIES", "AugmentParams", "BatchAugment", "item_seed", "batch_generator", "as_hw",
-           "affine_matrices", "elastic_field", "warp", "resize", "adjust_brightness", "adjust_contrast",
+           "affine_matrices", "elastic_field", "dihedral_steps", "warp", "resize", "adjust_brightness", "adjust_contrast",
            "adjust_saturation", "adjust_hue", "adjust_gamma", "gaussian_blur", "add_gaussian_noise",
            "crop"]
 
@@ -142,19 +142,41 @@ def as_hw(size: int | Sequence[int]) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------- geometry
+def _area_weights(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
+    """(n_out, n_in) box-filter weights: output i averages input [i s, (i + 1) s), s = n_in / n_out,
+    each input pixel weighted by its overlap (OpenCV's INTER_AREA when shrinking)."""
+    s = n_in / n_out
+    lo = torch.arange(n_out, dtype=torch.float64)[:, None] * s
+    left = torch.arange(n_in, dtype=torch.float64)[None, :]
+    overlap = (torch.minimum(lo + s, left + 1) - torch.maximum(lo, left)).clamp_(min=0)
+    return (overlap / s).float().to(device)
+
+
 def resize(images: torch.Tensor, masks: torch.Tensor | None, size: tuple[int, int]
            ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Float images ``(B, C, H, W)`` to ``size``: area average when shrinking (anti-aliased), bilinear
-    (half-pixel centres) when enlarging; integer masks ``(B, H, W)`` by exact nearest."""
+    """Float images ``(B, C, H, W)`` to ``size``: area average when shrinking (anti-aliased, fractional
+    overlaps as OpenCV's INTER_AREA), bilinear (half-pixel centres) when enlarging; integer masks
+    ``(B, H, W)`` by exact nearest."""
     if tuple(images.shape[-2:]) == tuple(size):
         return images, masks
-    shrink = size[0] * size[1] < images.shape[-2] * images.shape[-1]
-    images = F.interpolate(images, size=size, mode="area") if shrink else \
-        F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+    (h, w), (oh, ow) = images.shape[-2:], size
+    if oh * ow < h * w:
+        wh, ww = _area_weights(h, oh, images.device), _area_weights(w, ow, images.device)
+        images = torch.einsum("oh,bchw,pw->bcop", wh, images, ww)
+    else:
+        images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
     if masks is not None:
-        m = F.interpolate(masks[:, None].float(), size=size, mode="nearest-exact")[:, 0]
-        masks = m.to(masks.dtype)
+        rows, cols = _nearest_exact_index(h, oh).to(masks.device), _nearest_exact_index(w, ow).to(masks.device)
+        masks = masks[:, rows][:, :, cols]
     return images, masks
+
+
+def _nearest_exact_index(n_in: int, n_out: int) -> torch.Tensor:
+    """Source pixel of each output pixel, about floor((i + 0.5) n_in / n_out), in OpenCV's 16.16
+    fixed point (INTER_NEAREST_EXACT), so masks resize to the very pixels the per-item path picks."""
+    step = ((n_in << 16) + n_out // 2) // n_out
+    start = step // 2 - step % 2
+    return ((torch.arange(n_out, dtype=torch.int64) * step + start) >> 16).clamp_(max=n_in - 1)
 
 
 def affine_matrices(scale: torch.Tensor, angle: torch.Tensor, shift: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -333,10 +355,11 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor | float) -> torch.Tensor:
     sector = torch.where(is_r, 0.0, torch.where(is_g, 2.0, 4.0))
     sh = torch.as_tensor(shift, dtype=x.dtype).to(x.device)
     hue = num.div_(d.clamp_min(1e-12)).add_(sector).add_(6.0 * (sh.view(-1, 1, 1) if sh.ndim else sh))
-    k = torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1) + hue[:, None]
-    k = torch.remainder(k, 6.0)
+    hue = torch.remainder(hue, 6.0)[:, None]                                     # [0, 6), one channel
+    k = hue + torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    k = torch.where(k >= 6.0, k - 6.0, k)                                        # (n + h) mod 6
     k = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-    return (v[:, None] - d[:, None] * k).clamp_(0.0, 1.0)
+    return k.mul_(d[:, None]).neg_().add_(v[:, None]).clamp_(0.0, 1.0)
 
 
 def adjust_gamma(x: torch.Tensor, gamma: torch.Tensor | float) -> torch.Tensor:
@@ -366,6 +389,15 @@ _JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue
 
 
 # --------------------------------------------------------------------------- the batched pipeline
+def dihedral_steps(params: AugmentParams, square: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per sample (horizontal flip, vertical flip, quarter turns) equal to the policy's horizontal flip,
+    then vertical flip, then ``rot90`` counter-clockwise turns, with at most one flip and one turn:
+    on square images a vertical flip is a horizontal one plus a half turn."""
+    if not square:
+        return params.hflip, params.vflip, torch.zeros_like(params.rot90)
+    return params.hflip ^ params.vflip, torch.zeros_like(params.vflip), (params.rot90 + 2 * params.vflip.long()) % 4
+
+
 _ALL = slice(None)
 
 
@@ -414,7 +446,8 @@ class BatchAugment:
     def __repr__(self) -> str:
         return f"BatchAugment(size={self.size}, policy={self.policy.name!r})"
 
-    def _elastic(self) -> tuple[float, float]:
+    def elastic_alpha_sigma(self) -> tuple[float, float]:
+        """The elastic field's alpha and sigma (pixels) at this size."""
         s = min(self.size) if self.size else 0
         return self.policy.elastic_alpha * s * s, self.policy.elastic_sigma * s
 
@@ -425,7 +458,7 @@ class BatchAugment:
         order = torch.rand(n, 4, generator=generator).argsort(dim=1)
         noise = None
         if p.elastic_p > 0:
-            _, hc, wc = _elastic_coarse(*self.size, self._elastic()[1])
+            _, hc, wc = _elastic_coarse(*self.size, self.elastic_alpha_sigma()[1])
             noise = torch.randn(n, 2, hc, wc, generator=generator)
 
         def between(col: int, lo: float, hi: float) -> torch.Tensor:
@@ -489,14 +522,7 @@ class BatchAugment:
 
     def _geometry(self, x: torch.Tensor, m: torch.Tensor | None, params: AugmentParams, h: int, w: int,
                   dev: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # hflip^a, then vflip^b, then k quarter turns == hflip^(a xor b), then k + 2b quarter turns
-        # (a vertical flip is a horizontal one and a half turn): at most one flip and one rotation.
-        flip = params.hflip ^ params.vflip
-        turns = (params.rot90 + 2 * params.vflip.long()) % 4 if h == w else torch.zeros_like(params.rot90)
-        if h != w:
-            flip, vflip = params.hflip, params.vflip
-        else:
-            vflip = torch.zeros_like(params.vflip)
+        flip, vflip, turns = dihedral_steps(params, h == w)
         steps = [(flip, lambda t: t.flip(-1)), (vflip, lambda t: t.flip(-2))]
         steps += [(turns == k, lambda t, k=k: t.rot90(k, dims=(-2, -1))) for k in (1, 2, 3)]
         for sel, fn in steps:
@@ -515,7 +541,7 @@ class BatchAugment:
         mats[~params.affine[sel]] = torch.eye(3, dtype=torch.float64)
         disp = None
         if elastic.any():
-            alpha, sigma = self._elastic()
+            alpha, sigma = self.elastic_alpha_sigma()
             noise = params.noise[sel] * elastic[sel].view(-1, 1, 1, 1)  # zero noise: no displacement
             disp = elastic_field(noise.to(dev), h, w, alpha, sigma)
         xi, mi = warp(x[i], None if m is None else m[i], mats if params.affine[sel].any() else None, disp)

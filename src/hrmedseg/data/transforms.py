@@ -1,36 +1,156 @@
 """Per-item joint image/mask augmentation pipelines (numpy in, numpy out) and prediction resizing.
 
 Why this module exists: image and mask must receive the *same* geometric transform, and masks must
-never be interpolated into non-existent labels. The pipelines are the batched tensor ops of
-:mod:`hrmedseg.data.augment` applied to a batch of one, so the CPU per-item path and the batched
-GPU path are one implementation with the same random parameters for the same seed: masks are warped
-with nearest interpolation (labels stay in their original set), images bilinearly (area average when
-shrinking).
+never be interpolated into non-existent labels. Masks are warped with nearest interpolation (labels
+stay in their original set), images bilinearly (area average when shrinking).
+
+One definition, two executors: the policies, their random parameters (drawn from a seeded
+``torch.Generator``), the affine matrices and the elastic fields all come from
+:mod:`hrmedseg.data.augment`, whose batched torch ops run on the GPU (and on CPU batches). A
+DataLoader worker augments one image at a time, where OpenCV's uint8 kernels (``warpAffine``,
+``remap``, look-up tables) are 4-5x faster than float torch ops on one thread
+(``benchmarks/augment_throughput.py``), so :class:`SegTransform` executes the same parameters with
+OpenCV (:func:`apply_cv2`); the tests check both executors against each other and against
+references. Images with more than 4 channels go through the torch ops.
 
 Pipelines take either the float32 HWC image in [0, 1] from :func:`hrmedseg.data.io.to_model_channels`
 or a uint8 HWC image, and a 2-D integer mask, and return ``{"image": float32 (H, W, C), "mask": int64
 (H, W)}`` at the requested ``size`` ((h, w) or int; non-square allowed).
 
-uint8 fast path: uint8 images are augmented in float and rounded to uint8 once at the end, then
-divided by 255, or returned as uint8 with ``keep_uint8=True`` (the dataset's ``output="uint8"``
-mode, normalised later on the GPU by :func:`hrmedseg.data.gpu_normalize.normalize_batch`). The
-parameters drawn for a given seed do not depend on the dtype: masks are identical and images differ
-by that one rounding (at most half a level).
+uint8 fast path: uint8 images are augmented *as uint8*, then divided by 255 at the end, or returned as
+uint8 with ``keep_uint8=True`` (the dataset's ``output="uint8"`` mode, normalised later on the GPU by
+:func:`hrmedseg.data.gpu_normalize.normalize_batch`). The parameters drawn for a given seed do not
+depend on the dtype: masks are identical, images differ only by rounding to 8 bits after each colour
+op (within about 1/255 per op).
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import BatchAugment, as_hw
+from .augment import AugmentParams, BatchAugment, affine_matrices, as_hw, dihedral_steps, elastic_field
 
-__all__ = ["SegTransform", "train_transform", "eval_transform", "resize_mask_to"]
+__all__ = ["SegTransform", "train_transform", "eval_transform", "resize_mask_to", "apply_cv2"]
 
 _TORCH_MASK_DTYPES = (np.uint8, np.int16, np.int32, np.int64)
+_CV2_MASK_DTYPES = (np.uint8, np.uint16, np.int16, np.int32)
+_MASK_INTERP = cv2.INTER_NEAREST_EXACT  # exact nearest: no half-pixel shift (unlike INTER_NEAREST)
+_GREY = (0.299, 0.587, 0.114)
+
+
+def _cv2_mask(mask: np.ndarray) -> np.ndarray:
+    """A mask dtype OpenCV can warp (it cannot do int64/bool); label maps fit in uint16 or int32."""
+    if mask.dtype in _CV2_MASK_DTYPES:
+        return mask
+    hi = int(mask.max(initial=0))
+    return mask.astype(np.uint8 if hi < 256 else (np.uint16 if hi < 65536 else np.int32))
+
+
+def _u8_lut(img: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Apply ``values`` (256 floats, the exact result for each input level) rounded and clipped."""
+    table = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return cv2.LUT(img, table).reshape(img.shape)
+
+
+def _grey_mean(img: np.ndarray) -> float:
+    means = cv2.mean(img)[: img.shape[2]]  # per channel, float64 (at most 4)
+    return sum(w * m for w, m in zip(_GREY, means)) if len(means) == 3 else sum(means) / len(means)
+
+
+def _brightness(img: np.ndarray, f: float) -> np.ndarray:
+    if img.dtype == np.uint8:
+        return _u8_lut(img, np.arange(256, dtype=np.float64) * f)
+    return np.clip(img * np.float32(f), 0, 1)
+
+
+def _contrast(img: np.ndarray, f: float) -> np.ndarray:
+    mean = _grey_mean(img)
+    if img.dtype == np.uint8:
+        return _u8_lut(img, np.arange(256, dtype=np.float64) * f + mean * (1.0 - f))
+    return np.clip(img * np.float32(f) + np.float32(mean * (1.0 - f)), 0, 1)
+
+
+def _saturation(img: np.ndarray, f: float) -> np.ndarray:
+    if img.shape[2] != 3:
+        return img
+    grey = img[:, :, 0] * np.float32(_GREY[0]) + img[:, :, 1] * np.float32(_GREY[1]) + img[:, :, 2] * np.float32(_GREY[2])
+    out = img * np.float32(f) + (grey * np.float32(1.0 - f))[:, :, None]
+    if img.dtype == np.uint8:
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)  # (convertScaleAbs would mirror negatives)
+    return np.clip(out, 0, 1)
+
+
+def _hue(img: np.ndarray, shift: float) -> np.ndarray:
+    if img.shape[2] != 3:
+        return img
+    # Float HSV is scale-free (H in degrees, S a ratio, V the max), so 0..255 values work directly;
+    # a shift taken mod 360 keeps H in [0, 720), which OpenCV's HSV2RGB wraps.
+    hsv = cv2.cvtColor(img.astype(np.float32), cv2.COLOR_RGB2HSV)
+    cv2.add(hsv, (float(shift * 360.0) % 360.0, 0.0, 0.0, 0.0), dst=hsv)
+    rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    return cv2.convertScaleAbs(rgb) if img.dtype == np.uint8 else np.clip(rgb, 0, 1)
+
+
+_JITTER = (_brightness, _contrast, _saturation, _hue)
+
+
+def apply_cv2(augment: BatchAugment, params: AugmentParams, image: np.ndarray, mask: np.ndarray | None
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+    """One sample's augmentation (``params`` of length 1) with OpenCV: the ops of
+    :meth:`BatchAugment.apply` in the same order with the same parameters, on an HWC uint8 or float32
+    image (at most 4 channels) and a 2-D mask (uint8/uint16/int16/int32)."""
+    img, m = image, mask
+    if augment.size is not None and img.shape[:2] != augment.size:
+        h, w = augment.size
+        shrink = h * w < img.shape[0] * img.shape[1]
+        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        if m is not None:
+            m = cv2.resize(m, (w, h), interpolation=_MASK_INTERP)
+    img = img.reshape(*img.shape[:2], -1)
+    h, w = img.shape[:2]
+    flip, vflip, turns = (bool(t[0]) if t.dtype == torch.bool else int(t[0]) for t in dihedral_steps(params, h == w))
+    if flip or vflip or turns:
+        def dihedral(a: np.ndarray) -> np.ndarray:
+            a = a[:, ::-1] if flip else a
+            a = a[::-1] if vflip else a
+            return np.ascontiguousarray(np.rot90(a, turns))
+        img = dihedral(img)
+        m = None if m is None else dihedral(m)
+    affine = bool(params.affine[0])
+    elastic = augment.policy.elastic_p > 0 and bool(params.elastic[0])
+    if affine or elastic:
+        fwd = affine_matrices(params.scale, params.angle, params.shift, h, w)[0].numpy() if affine else None
+        if not elastic:
+            img = cv2.warpAffine(img, fwd[:2], (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                                 borderValue=0).reshape(h, w, -1)
+            if m is not None:
+                m = cv2.warpAffine(m, fwd[:2], (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
+                                   borderValue=0)
+        else:
+            disp = elastic_field(params.noise, h, w, *augment.elastic_alpha_sigma())[0].numpy()
+            xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+            qx, qy = xs + disp[0], ys + disp[1]
+            if fwd is not None:  # the affine output is zero outside its frame
+                inv = np.linalg.inv(fwd).astype(np.float32)
+                outside = (qx < -0.5) | (qx > w - 0.5) | (qy < -0.5) | (qy > h - 0.5)
+                qx, qy = (inv[0, 0] * qx + inv[0, 1] * qy + inv[0, 2], inv[1, 0] * qx + inv[1, 1] * qy + inv[1, 2])
+                qx[outside] = -10.0
+            img = cv2.remap(img, qx, qy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                            borderValue=0).reshape(h, w, -1)
+            if m is not None:
+                m = cv2.remap(m, qx, qy, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    if bool(params.jitter_on[0]):
+        f = params.jitter[0].tolist()
+        for op_i in params.order[0].tolist():
+            if f[op_i] != (0.0 if op_i == 3 else 1.0):
+                img = _JITTER[op_i](img, f[op_i]).reshape(h, w, -1)
+    return img, m
 
 
 class SegTransform:
@@ -78,28 +198,37 @@ class SegTransform:
             img = img.astype(np.float32)
         if img.ndim == 2:
             img = img[:, :, None]
-        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None]
-        m = None
-        if mask is not None:
-            m_np = np.asarray(mask)
-            if m_np.dtype not in _TORCH_MASK_DTYPES:
-                m_np = m_np.astype(np.uint8 if m_np.dtype == np.bool_ else np.int64)
-            m = torch.from_numpy(np.ascontiguousarray(m_np))[None]
         gen = self._generator
         if gen is None:
             gen = torch.Generator().manual_seed(int(torch.randint(2**62, (1,)).item()))
         params = self.augment.draw(1, gen)
-        y, mo = self.augment.apply(x, m, params)
-        out_img = y[0].permute(1, 2, 0).numpy()
+        m_np = None if mask is None else np.asarray(mask)
+        if img.shape[2] <= 4:
+            out_img, mo = apply_cv2(self.augment, params, np.ascontiguousarray(img),
+                                    None if m_np is None else np.ascontiguousarray(_cv2_mask(m_np)))
+        else:
+            out_img, mo = self._apply_torch(img, m_np, params)
         if is_u8 and not keep:
             res = np.empty(out_img.shape, np.float32)
             np.multiply(out_img, np.float32(1 / 255), out=res, dtype=np.float32)  # as to_model_channels scales
             out_img = res
         out: dict[str, Any] = {"image": np.ascontiguousarray(out_img)}
         if mo is not None:
-            mo_np = mo[0].numpy()
-            out["mask"] = np.ascontiguousarray(mo_np if (is_u8 and keep) else mo_np.astype(np.int64))
+            out["mask"] = np.ascontiguousarray(mo if (is_u8 and keep) else mo.astype(np.int64))
         return out
+
+    def _apply_torch(self, img: np.ndarray, mask: np.ndarray | None, params: AugmentParams
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+        with warnings.catch_warnings():  # read-only (memory-mapped) arrays: nothing here writes to them
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            x = torch.from_numpy(img).permute(2, 0, 1)[None]
+            m = None
+            if mask is not None:
+                if mask.dtype not in _TORCH_MASK_DTYPES:
+                    mask = mask.astype(np.uint8 if mask.dtype == np.bool_ else np.int64)
+                m = torch.from_numpy(np.ascontiguousarray(mask))[None]
+        y, mo = self.augment.apply(x, m, params)
+        return y[0].permute(1, 2, 0).numpy(), None if mo is None else mo[0].numpy()
 
     def __repr__(self) -> str:
         return f"SegTransform({self.augment!r}, keep_uint8={self.keep_uint8})"
