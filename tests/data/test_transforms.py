@@ -119,3 +119,16 @@ def test_opencv_executor_matches_the_tensor_ops(policy: str, src: tuple[int, int
         diffs.append(d.mean())
         mask_diff.append((ma != mb[0].numpy()).mean())
     assert max(diffs) < 0.6 and np.mean(diffs) < 0.4 and max(mask_diff) < 0.005
+
+
+def test_opencv_elastic_field_matches_the_tensor_one() -> None:
+    from hrmedseg.data.augment import elastic_field
+    from hrmedseg.data.transforms import _elastic_field_cv2
+
+    for size in (64, 200):
+        alpha, sigma = 0.0053 * size * size, 0.04 * size
+        k = max(1, int(sigma // 4))
+        noise = torch.randn(1, 2, -(-size // k), -(-size // k), generator=torch.Generator().manual_seed(size))
+        ref = elastic_field(noise, size, size, alpha, sigma)[0].numpy()
+        got = _elastic_field_cv2(noise[0].numpy(), size, size, alpha, sigma)
+        assert np.abs(got - ref).max() < 1e-3 * np.sqrt((ref ** 2).mean())

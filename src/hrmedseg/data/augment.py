@@ -43,12 +43,12 @@ from dataclasses import dataclass, fields, replace
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AugmentPolicy", "POLICIES", "AugmentParams", "BatchAugment", "item_seed", "batch_generator", "as_hw",
+__all__ = ["LUMA_WEIGHTS", "AugmentPolicy", "POLICIES", "AugmentParams", "BatchAugment", "item_seed", "batch_generator", "as_hw",
            "affine_matrices", "elastic_field", "dihedral_steps", "warp", "resize", "adjust_brightness", "adjust_contrast",
            "adjust_saturation", "adjust_hue", "adjust_gamma", "gaussian_blur", "add_gaussian_noise",
            "crop"]
 
-_GREY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as OpenCV's RGB2GRAY
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as OpenCV's RGB2GRAY
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:
@@ -314,7 +314,7 @@ def _per_sample(v: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
 def _grey(x: torch.Tensor) -> torch.Tensor:
     """Luma (B, 1, H, W) of RGB images; the channel mean for other channel counts."""
     if x.shape[1] == 3:
-        return _GREY[0] * x[:, 0:1] + _GREY[1] * x[:, 1:2] + _GREY[2] * x[:, 2:3]
+        return LUMA_WEIGHTS[0] * x[:, 0:1] + LUMA_WEIGHTS[1] * x[:, 1:2] + LUMA_WEIGHTS[2] * x[:, 2:3]
     return x.mean(dim=1, keepdim=True)
 
 

@@ -34,14 +34,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import AugmentParams, BatchAugment, affine_matrices, as_hw, dihedral_steps, elastic_field
+from .augment import (
+    LUMA_WEIGHTS,
+    AugmentParams,
+    BatchAugment,
+    affine_matrices,
+    as_hw,
+    dihedral_steps,
+)
 
 __all__ = ["SegTransform", "train_transform", "eval_transform", "resize_mask_to", "apply_cv2"]
 
 _TORCH_MASK_DTYPES = (np.uint8, np.int16, np.int32, np.int64)
 _CV2_MASK_DTYPES = (np.uint8, np.uint16, np.int16, np.int32)
 _MASK_INTERP = cv2.INTER_NEAREST_EXACT  # exact nearest: no half-pixel shift (unlike INTER_NEAREST)
-_GREY = (0.299, 0.587, 0.114)
+_CV2_ROTATE = {1: cv2.ROTATE_90_COUNTERCLOCKWISE, 2: cv2.ROTATE_180, 3: cv2.ROTATE_90_CLOCKWISE}
 
 
 def _cv2_mask(mask: np.ndarray) -> np.ndarray:
@@ -60,7 +67,7 @@ def _u8_lut(img: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 def _grey_mean(img: np.ndarray) -> float:
     means = cv2.mean(img)[: img.shape[2]]  # per channel, float64 (at most 4)
-    return sum(w * m for w, m in zip(_GREY, means)) if len(means) == 3 else sum(means) / len(means)
+    return sum(w * m for w, m in zip(LUMA_WEIGHTS, means)) if len(means) == 3 else sum(means) / len(means)
 
 
 def _brightness(img: np.ndarray, f: float) -> np.ndarray:
@@ -79,11 +86,10 @@ def _contrast(img: np.ndarray, f: float) -> np.ndarray:
 def _saturation(img: np.ndarray, f: float) -> np.ndarray:
     if img.shape[2] != 3:
         return img
-    grey = img[:, :, 0] * np.float32(_GREY[0]) + img[:, :, 1] * np.float32(_GREY[1]) + img[:, :, 2] * np.float32(_GREY[2])
-    out = img * np.float32(f) + (grey * np.float32(1.0 - f))[:, :, None]
-    if img.dtype == np.uint8:
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)  # (convertScaleAbs would mirror negatives)
-    return np.clip(out, 0, 1)
+    # uint8: the grey is rounded (at most |1 - f| / 2 level more); addWeighted rounds and saturates.
+    grey = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    out = cv2.addWeighted(img, f, grey, 1.0 - f, 0.0)
+    return out if img.dtype == np.uint8 else np.clip(out, 0, 1, out=out)
 
 
 def _hue(img: np.ndarray, shift: float) -> np.ndarray:
@@ -98,6 +104,22 @@ def _hue(img: np.ndarray, shift: float) -> np.ndarray:
 
 
 _JITTER = (_brightness, _contrast, _saturation, _hue)
+
+
+def _elastic_field_cv2(noise: np.ndarray, h: int, w: int, alpha: float, sigma: float) -> np.ndarray:
+    """:func:`hrmedseg.data.augment.elastic_field` for one sample with OpenCV (the same kernel, border
+    and bicubic resize; ~5x faster than torch's bicubic upsampling on one thread)."""
+    k = max(1, int(sigma // 4))
+    s = sigma / k
+    ksize = 2 * max(1, int(round(4.0 * s))) + 1
+    scale = np.float32(1.0 / np.sqrt(2.0 * np.log(2 * h * w)))
+    out = []
+    for c in noise:
+        blurred = cv2.GaussianBlur(c.astype(np.float32) * scale, (ksize, ksize), s, borderType=cv2.BORDER_REFLECT_101)
+        if blurred.shape != (h, w):
+            blurred = cv2.resize(blurred, (w, h), interpolation=cv2.INTER_CUBIC)
+        out.append(blurred * np.float32(alpha / k))
+    return np.stack(out)
 
 
 def apply_cv2(augment: BatchAugment, params: AugmentParams, image: np.ndarray, mask: np.ndarray | None
@@ -117,9 +139,12 @@ def apply_cv2(augment: BatchAugment, params: AugmentParams, image: np.ndarray, m
     flip, vflip, turns = (bool(t[0]) if t.dtype == torch.bool else int(t[0]) for t in dihedral_steps(params, h == w))
     if flip or vflip or turns:
         def dihedral(a: np.ndarray) -> np.ndarray:
-            a = a[:, ::-1] if flip else a
-            a = a[::-1] if vflip else a
-            return np.ascontiguousarray(np.rot90(a, turns))
+            shape = a.shape
+            if flip or vflip:
+                a = cv2.flip(a, -1 if (flip and vflip) else (1 if flip else 0))
+            if turns:
+                a = cv2.rotate(a, _CV2_ROTATE[turns])  # counter-clockwise quarter turns, as np.rot90
+            return a.reshape(a.shape[:2] + shape[2:])
         img = dihedral(img)
         m = None if m is None else dihedral(m)
     affine = bool(params.affine[0])
@@ -133,7 +158,7 @@ def apply_cv2(augment: BatchAugment, params: AugmentParams, image: np.ndarray, m
                 m = cv2.warpAffine(m, fwd[:2], (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
                                    borderValue=0)
         else:
-            disp = elastic_field(params.noise, h, w, *augment.elastic_alpha_sigma())[0].numpy()
+            disp = _elastic_field_cv2(params.noise[0].numpy(), h, w, *augment.elastic_alpha_sigma())
             xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
             qx, qy = xs + disp[0], ys + disp[1]
             if fwd is not None:  # the affine output is zero outside its frame
