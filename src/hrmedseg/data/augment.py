@@ -2,13 +2,19 @@
 
 Why this module exists: per-image augmentation in DataLoader workers bounds training at high
 resolution. Here a whole uint8 batch ``(B, C, H, W)`` with its integer masks is augmented at once on
-whatever device it is on; the CPU per-item pipelines of :mod:`hrmedseg.data.transforms` are the same
-ops applied to a batch of one.
+whatever device it is on. This module is the one definition of the policies, their random
+parameters, the affine matrices and the elastic fields; the per-item pipelines of
+:mod:`hrmedseg.data.transforms` (DataLoader workers, CPU training) execute the same parameters with
+OpenCV kernels, which are faster than torch on one image in one thread (tests hold the two
+executors to the same output within uint8 rounding).
 
 Why plain torch and no augmentation library: kornia is not available from this project's package
 index, torchvision does not work with the project's torch build, and the policies need only a few
 ops: exact flips / 90-degree rotations, one ``F.grid_sample`` per batch for the affine and elastic
-warps (bilinear image, nearest mask, zero fill), and element-wise colour jitter.
+warps together (bilinear image with zero fill; masks gathered at the nearest pixel, background 0),
+and element-wise colour jitter. Each op runs only on the samples it applies to (index sets known on
+the CPU, no Python loop over the batch). Gamma, blur, noise and crops are provided as batched
+functions for recipes; the existing policies do not use them.
 
 Randomness: every random value comes from :meth:`BatchAugment.draw`, which takes a
 ``torch.Generator`` (CPU) and consumes a fixed amount of it per sample whatever is applied, so a
@@ -29,9 +35,10 @@ Policies (:data:`POLICIES`, the parameters of the former albumentations pipeline
   (p=0.3, alpha = 0.0053 s², sigma = 0.04 s for s = min(h, w)); jitter p=0.7 with 0.3 / hue 0.05.
 * ``"none"``: only the resize.
 
-Compared with the former per-op pipeline the affine and elastic warps are composed into one
-sampling (one interpolation instead of two) and uint8 images are rounded once at the end instead
-of after every colour op; both differ from the old output only within interpolation/rounding.
+Compared with the former albumentations pipeline the affine and elastic warps are composed into one
+sampling (one interpolation instead of two), and here uint8 images are rounded once at the end
+instead of after every colour op; both differ from the former output only within
+interpolation/rounding.
 """
 from __future__ import annotations
 
@@ -43,10 +50,10 @@ from dataclasses import dataclass, fields, replace
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LUMA_WEIGHTS", "AugmentPolicy", "POLICIES", "AugmentParams", "BatchAugment", "item_seed", "batch_generator", "as_hw",
-           "affine_matrices", "elastic_field", "dihedral_steps", "warp", "resize", "adjust_brightness", "adjust_contrast",
-           "adjust_saturation", "adjust_hue", "adjust_gamma", "gaussian_blur", "add_gaussian_noise",
-           "crop"]
+__all__ = ["LUMA_WEIGHTS", "AugmentPolicy", "POLICIES", "AugmentParams", "BatchAugment", "item_seed",
+           "batch_generator", "as_hw", "affine_matrices", "elastic_field", "dihedral_steps", "warp", "resize",
+           "adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue", "adjust_gamma",
+           "gaussian_blur", "add_gaussian_noise", "crop"]
 
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as OpenCV's RGB2GRAY
 
@@ -439,8 +446,8 @@ class BatchAugment:
             policy = POLICIES[policy]
         if self.size is not None and self.size[0] != self.size[1] and policy.rot90_p:
             policy = replace(policy, rot90_p=0.0)  # a quarter turn would swap h and w
-        if policy.elastic_p and self.size is None:
-            raise ValueError("elastic deformation needs a fixed output size")
+        if (policy.elastic_p or policy.affine_p) and self.size is None:
+            raise ValueError(f"policy {policy.name!r} needs a fixed output size (its shifts and fields are in pixels)")
         self.policy = policy
 
     def __repr__(self) -> str:
