@@ -106,6 +106,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    commit = source_commit()  # of the code measured, before anything can change the checkout
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     out: dict = {"what": "augmentation images/s, uint8 RGB + mask", "torch": torch.__version__,
                  "cpu": platform.processor() or platform.machine(), "cpu_threads": torch.get_num_threads(),
@@ -121,7 +122,7 @@ def main() -> int:
     if "item" in args.modes:
         out["item"] = {"size": args.item_size, "what": "one worker, one thread",
                        "images_per_s": {p: round(item_rate(p, args.item_size, args.seconds), 1) for p in POLICIES}}
-    out["commit"] = source_commit()
+    out["commit"] = commit
     out["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(args.out.suffix + ".tmp")

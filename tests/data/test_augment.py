@@ -67,7 +67,9 @@ def test_flips_and_rot90_are_exact_numpy() -> None:
     vf = torch.tensor([0, 0, 1, 1, 0, 1, 0, 1], dtype=torch.bool)
     k = torch.tensor([0, 0, 0, 1, 2, 3, 1, 3])
     aug = BatchAugment(20, "paper")
-    y, m = aug.apply(torch.from_numpy(img), torch.from_numpy(mask), _off(aug, 8, hflip=hf, vflip=vf, rot90=k))
+    img_t = torch.from_numpy(img.copy())
+    y, m = aug.apply(img_t, torch.from_numpy(mask), _off(aug, 8, hflip=hf, vflip=vf, rot90=k))
+    assert np.array_equal(img_t.numpy(), img)  # the input is left alone
     for b in range(8):
         ref_i, ref_m = img[b], mask[b]
         if hf[b]:
