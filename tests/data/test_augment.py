@@ -389,3 +389,20 @@ def test_cuda_matches_cpu() -> None:
     a, ma = aug.apply(img, mask, p)
     b, mb = aug.apply(img.cuda(), mask.cuda(), p)
     assert (a.int() - b.cpu().int()).abs().max() <= 1 and (ma != mb.cpu()).float().mean() < 1e-3
+
+
+@pytest.mark.parametrize("mode", ["imagenet", "minmax", "none"])
+def test_keep_float_output_normalises_like_the_uint8_one(mode: str) -> None:
+    from hrmedseg.data.gpu_normalize import normalize_batch, normalize_unit_batch
+
+    aug = BatchAugment(32, "paper")
+    img = torch.from_numpy((_smooth(4, 3, 32, 32) * 255).round().astype(np.uint8))
+    p = aug.draw(4, torch.Generator().manual_seed(5))
+    u8, _ = aug.apply(img, None, p)
+    f, _ = aug.apply(img, None, p, keep_float=True)
+    assert f.dtype == torch.float32 and torch.equal((f * 255).round().to(torch.uint8), u8)
+    got, ref = normalize_unit_batch(f.clone(), mode), normalize_batch(u8, mode)
+    scale = 1 / 0.224 if mode == "imagenet" else (2.0 if mode == "minmax" else 1.0)  # smallest ImageNet std
+    assert (got - ref).abs().max() <= 0.5 / 255 * scale + 1e-6
+    with pytest.raises(TypeError):
+        normalize_unit_batch(u8, mode)

@@ -492,8 +492,11 @@ class BatchAugment:
         """Parameters drawn per sample, each from its own seed (e.g. :func:`item_seed`)."""
         return AugmentParams.cat([self.draw(1, torch.Generator().manual_seed(int(s))) for s in seeds])
 
-    def apply(self, images: torch.Tensor, masks: torch.Tensor | None, params: AugmentParams
-              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def apply(self, images: torch.Tensor, masks: torch.Tensor | None, params: AugmentParams, *,
+              keep_float: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Augment a batch with ``params`` (see the class docstring). ``keep_float=True`` returns the
+        images as float32 in [0, 1] without the final rounding of uint8 inputs (to be normalised on
+        the device by :func:`hrmedseg.data.gpu_normalize.normalize_unit_batch`)."""
         if images.ndim != 4:
             raise ValueError(f"expected images (B, C, H, W), got shape {tuple(images.shape)}")
         if len(params) != images.shape[0]:
@@ -514,9 +517,9 @@ class BatchAugment:
         x, m = self._dihedral(x, m, params, h, w, dev)
         x, m = self._warp(self._to_float(x), m, params, h, w, dev)
         x = self._jitter(x, params, dev)
-        if in_dtype == torch.uint8:
+        if in_dtype == torch.uint8 and not keep_float:
             x = x.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
-        elif x.dtype != in_dtype:
+        elif x.dtype != in_dtype and not keep_float:
             x = x.to(in_dtype)
         if m is not None and mask_shape is not None and len(mask_shape) == 4:
             m = m[:, None]
