@@ -19,7 +19,6 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -115,7 +114,8 @@ def main() -> int:
         rows = {}
         for name in devices:
             device = torch.device(name)
-            label = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+            label = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                     else f"cpu ({torch.get_num_threads()} threads)")
             rows[name] = {"device": label, **{p: round(batch_rate(p, device, args.batch, args.size, args.seconds), 1)
                                               for p in POLICIES}}
         out["batch"] = {"size": args.size, "batch": args.batch, "images_per_s": rows}

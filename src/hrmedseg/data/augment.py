@@ -427,15 +427,18 @@ def _put(t: torch.Tensor, i: torch.Tensor | slice, value: torch.Tensor) -> torch
 class BatchAugment:
     """The augmentation of one policy at one output ``size`` ((h, w) or int; None keeps the input size).
 
-    Per batch on the device::
+    Per batch on the device (``indices`` the dataset indices of the batch, ``epoch`` its epoch)::
 
-        aug = BatchAugment(size, "paper")
-        params = aug.draw_items([item_seed(seed, epoch, i) for i in indices])   # or aug.draw(B, generator)
-        images, masks = aug.apply(images_uint8_on_device, masks_on_device, params)
+        aug = BatchAugment(size, "strong")
+        params = aug.draw_items([item_seed(seed, epoch, i) for i in indices])   # CPU, no device sync
+        x, y = aug.apply(images_uint8.to(dev), masks.to(dev), params, keep_float=True)
+        x = normalize_unit_batch(x, mode)           # hrmedseg.data.gpu_normalize
 
     ``apply`` takes uint8 or float (values in [0, 1]) images (B, C, H, W) and integer masks (B, H, W)
     or (B, 1, H, W), resizes them to ``size`` and returns images of the input dtype (uint8 rounded
-    once) and masks of the input dtype and shape.
+    once; float32 in [0, 1] with ``keep_float``) and masks of the input dtype and shape. The input
+    tensors are left unchanged. Draws depend only on the seeds, so a resumed run, another world size
+    or the per-item CPU path (seeded with the same :func:`item_seed`) get the same parameters.
     """
 
     def __init__(self, size: int | Sequence[int] | None, policy: str | AugmentPolicy = "paper") -> None:
