@@ -15,7 +15,6 @@ from .errors import HrmedsegError
 # import name -> (package to install, extra that brings it)
 EXTRAS: dict[str, tuple[str, str]] = {
     "cv2": ("opencv-python-headless", "train"),
-    "albumentations": ("albumentations", "train"),
     "matplotlib": ("matplotlib", "train"),
     "av": ("av", "video"),
     "fastapi": ("fastapi", "serve"),

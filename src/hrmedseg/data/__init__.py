@@ -1,6 +1,6 @@
 """Data: image/mask I/O, dataset discovery and checks, splits, and augmentation pipelines.
 
-The transforms (albumentations, slow to import) are loaded on first use of their names.
+The per-item transforms are loaded on first use of their names.
 """
 from __future__ import annotations
 

@@ -889,7 +889,7 @@ class SegmentationDataset(Dataset):
     normalized=True)``.
 
     Pipeline: read (or take from ``cache``) -> :func:`to_model_channels` (float [0, 1], ``in_chans``)
-    -> ``transform(image=, mask=)`` (albumentations style, e.g. :func:`hrmedseg.data.transforms.train_transform`)
+    -> ``transform(image=, mask=)`` (keyword style, e.g. :func:`hrmedseg.data.transforms.train_transform`)
     -> :func:`normalize`. Masks: binary models (``num_classes`` 1 or 2) get {0, 1}; multi-class get
     0..K-1; other values raise (``ignore_index`` is allowed through). ``orig_size`` is the size of the
     file on disk, for mapping predictions back. ``mask_threshold`` binarises masks on read (see

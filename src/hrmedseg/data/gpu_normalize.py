@@ -17,7 +17,7 @@ import torch
 
 from .io import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["normalize_batch"]
+__all__ = ["normalize_batch", "normalize_unit_batch"]
 
 
 def _stats(c: int, given: Sequence[float] | None, default: Sequence[float]) -> np.ndarray:
@@ -47,6 +47,28 @@ def normalize_batch(
         raise ValueError(f"expected (B, C, H, W), got shape {tuple(images_uint8.shape)}")
     x = images_uint8.to(torch.float32)
     x.mul_(float(np.float32(1.0 / 255.0)))  # the float32 factor io._scale_to_unit uses
+    return _normalize_unit(x, mode, mean, std)
+
+
+def normalize_unit_batch(
+    images: torch.Tensor,
+    mode: Literal["imagenet", "minmax", "none"] = "imagenet",
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """:func:`normalize_batch` for a float batch already in [0, 1], e.g. the unrounded output of
+    :meth:`hrmedseg.data.augment.BatchAugment.apply` with ``keep_float=True``; works in place on a
+    float32 input."""
+    if not images.is_floating_point():
+        raise TypeError(f"normalize_unit_batch expects a float tensor in [0, 1], got {images.dtype}")
+    if images.ndim != 4:
+        raise ValueError(f"expected (B, C, H, W), got shape {tuple(images.shape)}")
+    return _normalize_unit(images.to(torch.float32), mode, mean, std)
+
+
+def _normalize_unit(x: torch.Tensor, mode: str, mean: Sequence[float] | None,
+                    std: Sequence[float] | None) -> torch.Tensor:
     if mode == "none":
         return x
     if mode == "minmax":

@@ -7,7 +7,7 @@ affine (else a one-line :class:`~hrmedseg.data.io.ImageReadError` naming the lab
 :class:`VolumeSliceDataset` gives the items of :class:`~hrmedseg.data.datasets.SegmentationDataset`
 (float path): ``dict(image=float32 (C, H, W) normalised, mask=int64 (H, W), stem="{case}_z{k:04d}",
 orig_size=(h, w), normalized=True, normalization=...)``. Slices are windowed (CT preset / percentile),
-resized to ``size`` (bilinear image, nearest mask), optionally transformed (albumentations style
+resized to ``size`` (bilinear image, nearest mask), optionally transformed (keyword style
 ``transform(image=, mask=)`` on float HWC), then normalised. All slices with foreground are kept;
 ``empty_ratio`` keeps at most ``round(empty_ratio * n_foreground)`` empty slices (seeded), ``None``
 keeps them all. Use :func:`case_of` as ``group_of`` to split by case.

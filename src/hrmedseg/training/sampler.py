@@ -72,10 +72,8 @@ class SeededDataset(Dataset):
             np.random.seed(item_seed)
             torch.manual_seed(item_seed)
             tf = getattr(self.dataset, "transform", None)
-            for obj in (tf, getattr(tf, "compose", None)):  # albumentations keeps its own generator
-                if obj is not None and hasattr(obj, "set_random_seed"):
-                    obj.set_random_seed(item_seed)
-                    break
+            if tf is not None and hasattr(tf, "set_random_seed"):  # a transform with its own generator
+                tf.set_random_seed(item_seed)
             try:
                 return self.dataset[index]
             finally:
