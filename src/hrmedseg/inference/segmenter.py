@@ -87,7 +87,7 @@ class Segmenter:
             the returned probabilities are float16.
         compile: None (eager) or a ``torch.compile`` mode: "default", or "reduce-overhead"
             (CUDA graphs: HRMedSeg's fastest inference, 2019 vs 810 eager images/s at 1024²,
-            batch 16, bf16 on an H200; benchmarks/results/speed_h200_s6/). The first batch of
+            batch 16, bf16 on an H200; benchmarks/results/speed_hrmedseg_1024_h200/). The first batch of
             each new shape compiles (about 30-40 s there).
     """
 

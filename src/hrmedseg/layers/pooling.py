@@ -64,15 +64,12 @@ class MultiscalePooling(nn.Module):
     ``impl="separable"`` computes the same average as a (1, k) pass then a (k, 1) pass: with
     ``count_include_pad=False`` both the window sum and the count of real pixels factor over
     the two axes, so the result is identical up to rounding, with 2k instead of k² reads per
-    output in forward and backward. (The k×k backward in channels-last was the largest kernel
-    of an H100 training step: benchmarks/results/speed_gpu_h100/.) ``"direct"`` is the plain
-    reference and this layer's default; HRMedSeg's config picks ``"separable"``, measured on an
-    H200 at 1024², batch 16, bf16: 156 → 202 training images/s, 573 → 657 inference images/s,
-    peak training memory 0.381 → 0.406 GB per image (benchmarks/results/speed_h200/). Since
-    then its training backward is the hand-written adjoint of
-    :class:`_SeparableMultiscalePoolingFn`, which keeps no pooled intermediate alive and uses
-    only forward poolings: 0.374 GB per image in the same bf16 profile
-    (benchmarks/results/speed_h200_s5/), and the right gradient on CUDA, where PyTorch's
+    output in forward and backward (the k×k backward in channels-last was the largest kernel of
+    a training step). ``"direct"`` is the plain reference and this layer's default; HRMedSeg's
+    config picks ``"separable"`` (faster training and inference at 1024²:
+    benchmarks/results/speed_hrmedseg_1024_h200/). Its training backward is the hand-written
+    adjoint of :class:`_SeparableMultiscalePoolingFn`, which keeps no pooled intermediate alive
+    and uses only forward poolings, and so gets the right gradient on CUDA, where PyTorch's
     channels-last avg_pool2d backward is wrong (benchmarks/results/avgpool_nhwc_backward_h200/;
     ``"direct"`` therefore trains on an NCHW copy on the GPU).
     """
