@@ -64,8 +64,8 @@ def data(tmp_path_factory):
 
 def _tiny_overrides(row: rp.Row) -> list[str]:
     if row.task == "esp":
-        return ["max_steps=1", f"size={S}", "workers=0", "precision=fp32", "batch_size=2",
-                "teacher=", "init=", "augment=none", f"model_overrides={json.dumps(ESP_TINY)}"]
+        return COMMON + ["train.batch_size=2", "train.max_steps=1", "esp.teacher=", "esp.init=",
+                         "data.augment=none", f"model.overrides={json.dumps(ESP_TINY)}"]
     spec = rp.build_spec(row, row.units()[0])
     model = dict(spec.config.model.overrides)
     if spec.config.model.name == "qtseg":
@@ -92,9 +92,10 @@ def test_row_builds_its_model_and_trains_one_step(row_id, data, tmp_path):
     if row.task == "esp":
         state = load_state(run / "checkpoints" / "last")
         assert state["global_step"] == 1
-        assert spec.esp["num_modalities"] == 6
-        assert {d["name"]: d["modality"] for d in spec.esp["datasets"]} == \
-            {"drive": 2, "kvasir-seg": 3, "dsb2018": 5}
+        assert spec.config.task == "esp" and spec.config.esp.num_modalities == 6
+        assert {d["name"]: (d["modality"], d["root"]) for d in spec.config.esp.datasets} == \
+            {n: (i, str(data / n)) for n, i in (("drive", 2), ("kvasir-seg", 3), ("dsb2018", 5))}
+        assert spec.config.train.seed == unit.seed
         return
     last = find_checkpoint(run / "checkpoints", "last")
     assert load_state(last)["global_step"] == 1
@@ -212,7 +213,8 @@ def test_cli_list_report_and_bad_input(tmp_path, capsys, data):
 def test_esp_rows_resolve_teacher_against_the_weights_folder(tmp_path):
     row = rp.load_row("espmedsam-t1-dsb2018")
     spec = rp.build_spec(row, row.units()[0], None, weights_dir=tmp_path)
-    assert spec.esp["teacher"] == str(tmp_path / "mobile_sam.pt") == spec.esp["init"]
+    esp = spec.config.esp
+    assert esp.teacher == str(tmp_path / "mobile_sam.pt") == esp.init
     other = rp.load_row("espmedsam-t1-drive")
     assert rp.spec_digest(spec) == rp.spec_digest(rp.build_spec(other, other.units()[0], None,
                                                                 weights_dir=tmp_path))
@@ -234,3 +236,22 @@ def test_pretraining_row_reports_the_gain_per_seed(data, tmp_path, monkeypatch):
     assert res["ours_mean"] == pytest.approx(1.25) and res["ours_std"] == pytest.approx(1.5 / 2 ** 0.5, abs=1e-4)
     assert res["metrics"]["dice/scratch"]["per_run"] == pytest.approx({"seed0": 89.0, "seed1": 89.5})
     assert res["gpu_seconds"] == 8.0 and len(res["runs"]) == 4
+
+
+def test_esp_rows_share_one_run_and_report_each_dataset(data, tmp_path, monkeypatch):
+    """Both ESP-MedSAM rows read their dataset's test scores from the one multi-dataset run the
+    trainer summarised; the second row reads the finished run back without training."""
+    tiny = [o for o in _tiny_overrides(rp.load_row("espmedsam-t1-drive")) if "max_steps" not in o]
+    kw = dict(device="cpu", seeds=[0], overrides=tiny + ["train.epochs=1", "esp.eval_hd=false"])
+    drive = rp.run_row("espmedsam-t1-drive", data, tmp_path, **kw)
+    res = json.loads(Path(drive["result"]).read_text())
+    summ = json.loads((tmp_path / res["runs"]["seed0"] / "summary.json").read_text())
+    assert summ["task"] == "esp" and summ["epochs_done"] == 1
+    assert res["ours"] == pytest.approx(
+        {"seed0": 100 * summ["test"]["drive"]["model_resolution"]["dice"]}, abs=1e-4)
+    assert res["protocol"]["epochs"] == 1 and res["protocol"]["pretrained"] == "none"
+    monkeypatch.setattr(rp, "train_and_test", lambda *a, **k: pytest.fail("retrained a finished run"))
+    dsb = json.loads(Path(rp.run_row("espmedsam-t1-dsb2018", data, tmp_path, **kw)["result"]).read_text())
+    assert dsb["runs"] == res["runs"]
+    assert dsb["ours"] == pytest.approx(
+        {"seed0": 100 * summ["test"]["dsb2018"]["model_resolution"]["dice"]}, abs=1e-4)

@@ -7,9 +7,14 @@ trains and tests every seed/fold through the package's own trainer and evaluatio
 are done, writes one result file (``OUT/<row_id>.json``) with the fields of :data:`RESULT_KEYS`;
 ``format_report`` turns committed result files into ``docs/reproductions.md``.
 
+Every run is one call of :func:`hrmedseg.training.run.train` with the row's ``task``
+(``Config.task``): ``segment``, or ``esp`` for ESP-MedSAM, whose one run trains on all the
+datasets ``overrides.esp.datasets`` names (folders under ``--data``) and is tested on each, so
+the ESP rows of different datasets share it.
+
 Run folders. Every seed/fold of every arm trains in ``OUT/runs/<model>-<label>-<digest>/``,
 where the digest is a hash of the resolved training configuration (without paths, device,
-worker count and time budget). Rows that ask for the same training (HRMedSeg Table 1, the
+worker count, where augmentation runs and time budget). Rows that ask for the same training (HRMedSeg Table 1, the
 Table 5 "P" arm and the Table 9 full-δ row) therefore share their runs when given the same
 OUT. A finished run has ``reproduce.json`` (its test metrics) and is read back, not rerun; an
 unfinished one continues from its last checkpoint (the trainer's exact resume). With a time
@@ -50,8 +55,8 @@ from ..data.datasets import discover_pairs
 from ..provenance import source_commit
 from ..training.checkpoint import find_checkpoint, load_state
 from ..training.config import Config, ConfigError, load_config, parse_override
-from ..training.esp_training import ESPTrainConfig, train_esp
 from ..training.run import train
+from ..training.tasks.esp import NORMALIZE as ESP_NORMALIZE
 
 PROTOCOL_FIELDS = ("epochs", "optimizer", "lr", "schedule", "batch", "size", "split", "loss",
                    "pretrained", "normalisation")
@@ -59,7 +64,7 @@ RESULT_KEYS = ("paper", "table", "dataset", "model", "metric", "paper_value", "o
                "ours_std", "protocol", "paper_protocol", "deviations", "device", "date", "commit",
                "gpu_seconds")
 PERCENT_METRICS = ("dice", "iou", "mae", "pixel_accuracy")
-TASKS = ("train", "esp")
+TASKS = ("segment", "esp")      # the training task a row runs (Config.task)
 RESOLUTIONS = ("model_resolution", "original_resolution")
 DONE_NAME = "reproduce.json"          # a finished run's test metrics
 TIME_NAME = "reproduce_time.json"     # seconds of training/testing spent on a run, all calls
@@ -67,8 +72,13 @@ DEFAULT_RESULTS_DIR = "benchmarks/results/reproductions"
 # Keys that say where or how fast a run happens, not what it trains: left out of the run digest.
 _NOT_IN_DIGEST = {("train", "out_dir"), ("train", "device"), ("train", "time_limit_min"),
                   ("train", "eval_test"), ("data", "root"), ("data", "workers"),
-                  ("data", "cache_dir")}
-_ESP_NOT_IN_DIGEST = {"out_dir", "device", "time_limit_min", "workers", "cache_dir", "eval_test"}
+                  ("data", "cache_dir"), ("data", "augment_device")}
+# Config sections only one task reads: left out of the digest of the other tasks' runs.
+_TASK_SECTIONS = {"distill": "distill", "esp": "esp"}
+# The task word a segmentation run's digest carries: the one its run folders were named with
+# before the config had a task, so they still resume.
+_SEGMENT_DIGEST_WORD = "train"
+_WEIGHT_KEYS = ("teacher", "medical_teacher", "init")   # esp section: files in --weights
 
 
 class ReproduceError(ConfigError):
@@ -108,10 +118,10 @@ class Row:
     paper_value: float | None
     paper_values: dict[str, Any]
     paper_protocol: dict[str, Any]
-    task: str = "train"
+    task: str = "segment"                       # Config.task: segment | esp
     recipe: str = "default"                     # training recipe the overrides apply to
+    # Config sections; task esp: esp.datasets lists {name, modality}, ``name`` the dataset folder
     overrides: dict[str, Any] = field(default_factory=dict)
-    esp: dict[str, Any] = field(default_factory=dict)   # task esp: ESPTrainConfig fields
     metrics: list[str] = field(default_factory=list)    # reported besides the primary one
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     folds: int = 0
@@ -144,8 +154,11 @@ class Row:
 
     def datasets(self) -> list[str]:
         if self.task == "esp":
-            return [str(d["dataset"]) for d in self.esp.get("datasets", [])]
+            return [str(d["name"]) for d in self.esp_datasets()]
         return [self.dataset]
+
+    def esp_datasets(self) -> list[dict[str, Any]]:
+        return list((self.overrides.get("esp") or {}).get("datasets") or [])
 
     def reported_metrics(self) -> list[str]:
         base = self.base_metric or self.metric
@@ -193,8 +206,14 @@ def load_row_file(path: str | Path) -> Row:
         raise ReproduceError(f"{p}: combine must be 'difference' or absent, got {row.combine!r}")
     if row.combine and (len(row.arms) != 2 or not row.base_metric):
         raise ReproduceError(f"{p}: combine: difference needs two arms and a base_metric")
-    if row.task == "esp" and not row.esp.get("datasets"):
-        raise ReproduceError(f"{p}: task esp needs esp.datasets")
+    if row.task == "esp":
+        ds = row.esp_datasets()
+        if not ds:
+            raise ReproduceError(f"{p}: task esp needs overrides.esp.datasets")
+        bad = [d for d in ds if not isinstance(d, dict) or set(d) != {"name", "modality"}]
+        if bad:
+            raise ReproduceError(f"{p}: overrides.esp.datasets entry {bad[0]!r} must be "
+                                 f"{{name: DATASET FOLDER, modality: ID}}")
     if not row.folds and not row.seeds:
         raise ReproduceError(f"{p}: give seeds or folds")
     return row
@@ -219,11 +238,13 @@ def load_row(row_id: str) -> Row:
 
 @dataclass
 class RunSpec:
-    """Everything one run needs: a training Config (task train) or ESPTrainConfig fields (esp)."""
+    """Everything one run needs: its training :class:`Config` (``config.task`` says which)."""
 
-    task: str
-    config: Config | None = None
-    esp: dict[str, Any] = field(default_factory=dict)
+    config: Config
+
+    @property
+    def task(self) -> str:
+        return self.config.task
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -274,53 +295,52 @@ def build_spec(row: Row, unit: Unit, data_dir: str | Path | None = None,
                overrides: list[str] | tuple[str, ...] = (), weights_dir: str | Path | None = None,
                device: str = "auto") -> RunSpec:
     """The run of ``unit``: the row's recipe ← row overrides ← arm overrides ← ``overrides``
-    (``a.b=value``), then seed/fold, dataset root and device."""
-    if row.task == "esp":
-        esp = _deep_merge(row.esp, unit.arm.overrides)
-        esp = _apply_dotted(esp, list(overrides), row.id)
-        datasets = []
-        for d in esp.pop("datasets"):
-            root = dataset_root(data_dir, d["dataset"], False) if data_dir else Path(d["dataset"])
-            datasets.append({"root": str(root), "modality": int(d["modality"]),
-                             "name": str(d["dataset"])})
-        for key in ("teacher", "medical_teacher", "init"):
-            v = esp.get(key)
-            if v and weights_dir and not Path(v).is_absolute():
-                esp[key] = str(Path(weights_dir) / v)
-        esp.update(datasets=datasets, seed=unit.seed, device=device)
-        return RunSpec("esp", esp=esp)
+    (``a.b=value``), then seed/fold, dataset roots, weight files and device."""
     base = Config()
-    strings = _flatten(base, _deep_merge(row.overrides, unit.arm.overrides)) + list(overrides)
+    strings = (["task=" + row.task] + _flatten(base, _deep_merge(row.overrides, unit.arm.overrides))
+               + list(overrides))
     try:
         cfg = load_config(row.recipe, strings)
     except ConfigError as exc:
         raise ReproduceError(f"{row.path}: {exc}") from None
+    if cfg.task != row.task:
+        raise ReproduceError(f"{row.path}: recipe {row.recipe!r} and overrides give task "
+                             f"{cfg.task!r}, the row is task {row.task!r}")
     cfg.train.seed = unit.seed
     if unit.fold is not None:
         cfg.data.kfold, cfg.data.fold = row.folds, unit.fold
-    if data_dir is not None:
+    if cfg.task == "esp":
+        only = len(cfg.esp.datasets) == 1
+        cfg.esp.datasets = [
+            {**d, "root": str(dataset_root(data_dir, d["name"], only) if data_dir else d["name"])}
+            for d in cfg.esp.datasets]
+        for key in _WEIGHT_KEYS:
+            v = getattr(cfg.esp, key)
+            if v and weights_dir and not Path(v).is_absolute():
+                setattr(cfg.esp, key, str(Path(weights_dir) / v))
+    elif data_dir is not None:
         cfg.data.root = str(dataset_root(data_dir, row.dataset, True))
     cfg.train.device = device
-    return RunSpec("train", config=cfg)
+    return RunSpec(cfg)
 
 
 def spec_digest(spec: RunSpec) -> str:
     """Hash of what a run trains (not where, on what device or how long per call)."""
+    d = spec.config.to_dict()
+    for sec, key in _NOT_IN_DIGEST:
+        d[sec].pop(key, None)
+    for sec, task in _TASK_SECTIONS.items():
+        if spec.task != task:
+            d.pop(sec)
     if spec.task == "esp":
-        d = {k: v for k, v in spec.esp.items() if k not in _ESP_NOT_IN_DIGEST}
-        d["datasets"] = [{k: v for k, v in x.items() if k != "root"} for x in d.get("datasets", [])]
-    else:
-        assert spec.config is not None
-        d = spec.config.to_dict()
-        for sec, key in _NOT_IN_DIGEST:
-            d[sec].pop(key, None)
-    d["task"] = spec.task
+        d["esp"]["datasets"] = [{k: v for k, v in x.items() if k != "root"}
+                                for x in d["esp"]["datasets"]]
+    d["task"] = _SEGMENT_DIGEST_WORD if spec.task == "segment" else spec.task
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def run_folder(out_dir: str | Path, row: Row, unit: Unit, spec: RunSpec) -> Path:
-    model = spec.esp.get("model", "esp_medsam") if spec.task == "esp" else spec.config.model.name
-    return Path(out_dir) / "runs" / f"{model}-{unit.label}-{spec_digest(spec)}"
+    return Path(out_dir) / "runs" / f"{spec.config.model.name}-{unit.label}-{spec_digest(spec)}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,29 +359,27 @@ def _schedule_words(name: str, gamma: float, step_epochs: int, warmup: float) ->
 
 def protocol_of(spec: RunSpec) -> dict[str, Any]:
     """Our protocol in the words ``paper_protocol`` uses (so the two can be compared)."""
-    if spec.task == "esp":
-        e = spec.esp
-        pre = []
-        if e.get("init"):
-            pre.append(f"init {Path(e['init']).name}")
-        if e.get("teacher"):
-            pre.append(f"MMDKD teacher {Path(e['teacher']).name}")
-        return {"epochs": e.get("epochs", 200), "optimizer": "adam", "lr": e.get("lr", 1e-4),
-                "schedule": _schedule_words("exponential", e.get("lr_gamma", 0.98), 0, 0),
-                "batch": e.get("batch_size", 4), "size": [e.get("size", 1024)] * 2,
-                "split": "splits.json train/val/test; official split where a dataset has one",
-                "loss": f"focal x{e.get('focal_weight', 20.0):g} + dice + sppg bce + mmdkd",
-                "pretrained": ", ".join(pre) or "none", "normalisation": "imagenet"}
     c = spec.config
-    assert c is not None
+    common = {"epochs": c.train.epochs, "optimizer": c.optim.name, "lr": c.optim.lr,
+              "schedule": _schedule_words(c.schedule.name, c.schedule.gamma,
+                                          c.schedule.step_epochs, c.schedule.warmup_epochs),
+              "batch": c.train.batch_size, "size": list(c.data.size)}
+    if spec.task == "esp":
+        e = c.esp
+        pre = []
+        if e.init:
+            pre.append(f"init {Path(e.init).name}")
+        if e.teacher:
+            pre.append(f"MMDKD teacher {Path(e.teacher).name}")
+        return {**common,
+                "split": "splits.json train/val/test; official split where a dataset has one",
+                "loss": f"focal x{e.focal_weight:g} + dice + sppg bce + mmdkd",
+                "pretrained": ", ".join(pre) or "none", "normalisation": ESP_NORMALIZE}
     split = (f"{c.data.kfold}-fold cross-validation (sorted names, contiguous slices)"
              if c.data.kfold else f"{c.data.train_split}/{c.data.val_split}/{c.data.test_split} "
                                   f"of {c.data.splits or 'splits.json'}")
     pre = c.model.pretrained
-    return {"epochs": c.train.epochs, "optimizer": c.optim.name, "lr": c.optim.lr,
-            "schedule": _schedule_words(c.schedule.name, c.schedule.gamma, c.schedule.step_epochs,
-                                        c.schedule.warmup_epochs),
-            "batch": c.train.batch_size, "size": list(c.data.size), "split": split,
+    return {**common, "split": split,
             "loss": _LOSS_WORDS.get(c.loss.name, c.loss.name),
             "pretrained": {"none": "none", "default": "shipped default weight"}.get(pre, pre),
             "normalisation": c.data.normalize}
@@ -421,41 +439,33 @@ def _device_name(device: str) -> str:
 
 def train_and_test(spec: RunSpec, run_dir: Path, dataset: str, minutes: float | None) -> RunOutcome:
     """Train (or continue) one run in ``run_dir`` for at most ``minutes`` of this call, and test
-    it when its epochs are done. The only function here that knows the trainer's API:
-
-    * task ``train``: :func:`hrmedseg.training.run.train` with a :class:`Config`; its
-      ``train.time_limit_min`` counts the run's training time over all resumes, so this call's
-      budget is added to the time already spent (read from ``checkpoints/last``);
-      ``summary["test"]`` is ``{resolution: {metric: mean}}`` of the test split.
-    * task ``esp``: :func:`hrmedseg.training.esp_training.train_esp`; its ``time_limit_min`` is
-      per call; ``summary["test"]`` is ``{dataset name: {resolution: {metric: mean}}}``.
+    it when its epochs are done. The only function here that calls the trainer,
+    :func:`hrmedseg.training.run.train`: its ``train.time_limit_min`` counts the run's training
+    time over all resumes, so this call's budget is added to the time already spent (the
+    ``elapsed_s`` of ``checkpoints/last``). The summary's ``test`` is ``{resolution: {metric:
+    mean}}`` of the test split (task segment) or ``{dataset name: {..., resolution: {metric:
+    mean}}}`` (task esp).
     """
     t0 = time.monotonic()
-    if spec.task == "esp":
-        kw = dict(spec.esp, out_dir=str(run_dir), time_limit_min=minutes or 0.0)
-        try:
-            esp_cfg = ESPTrainConfig(**kw)
-        except (TypeError, ValueError) as exc:
-            raise ReproduceError(f"esp configuration: {exc}") from None
-        summary = train_esp(esp_cfg)
-        finished = int(summary["epochs_done"]) >= esp_cfg.epochs
-        test = {name: {r: v[r] for r in RESOLUTIONS if r in v}
-                for name, v in (summary.get("test") or {}).items()}
-        device = esp_cfg.device
-    else:
-        cfg = spec.config
-        assert cfg is not None
-        cfg.train.out_dir = str(run_dir)
-        spent = 0.0
-        last = find_checkpoint(run_dir / "checkpoints", "last")
-        if last is not None:
-            spent = float(load_state(last).get("elapsed_s", 0.0))
-        cfg.train.time_limit_min = (spent + 60.0 * minutes) / 60.0 if minutes else 0.0
+    cfg = spec.config
+    cfg.train.out_dir = str(run_dir)
+    spent = 0.0
+    last = find_checkpoint(run_dir / "checkpoints", "last")
+    if last is not None:
+        spent = float(load_state(last).get("elapsed_s", 0.0))
+    cfg.train.time_limit_min = (spent + 60.0 * minutes) / 60.0 if minutes else 0.0
+    try:
         summary = train(cfg)
-        finished = int(summary["epochs_done"]) >= cfg.train.epochs
-        test = {dataset: summary["test"]} if "test" in summary else {}
-        device = cfg.train.device
-    return RunOutcome(finished, test, time.monotonic() - t0, _device_name(device))
+    except (ConfigError, FileNotFoundError) as exc:
+        raise ReproduceError(f"{run_dir}: {str(exc).splitlines()[0]}") from None
+    finished = int(summary["epochs_done"]) >= cfg.train.epochs
+    if "test" not in summary:
+        test = {}
+    elif spec.task == "esp":
+        test = {name: {r: v[r] for r in RESOLUTIONS if r in v} for name, v in summary["test"].items()}
+    else:
+        test = {dataset: summary["test"]}
+    return RunOutcome(finished, test, time.monotonic() - t0, _device_name(cfg.train.device))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -514,8 +524,8 @@ def run_row(row_id: str, data_dir: str | Path, out_dir: str | Path,
     units = row.units(seeds)
     specs = [build_spec(row, u, data_dir, overrides, weights_dir, device) for u in units]
     for spec in specs:
-        for key in ("teacher", "medical_teacher", "init"):
-            v = spec.esp.get(key)
+        for key in _WEIGHT_KEYS if spec.task == "esp" else ():
+            v = getattr(spec.config.esp, key)
             if v and not Path(v).exists():
                 raise ReproduceError(f"{v}: {key} of {row.id} not found (pass --weights DIR)")
     deadline = None if not time_limit_min else time.monotonic() + 60.0 * time_limit_min
