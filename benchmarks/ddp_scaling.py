@@ -4,12 +4,12 @@
     torchrun --nproc_per_node=2 benchmarks/ddp_scaling.py --out DIR   # writes DIR/ddp_scaling_w2.json
     python benchmarks/ddp_scaling.py --report DIR                     # DIR/ddp_scaling.md (+ .json)
 
-Every process runs the package's own training step (``Trainer.train_step``: the DDP wrapper the
-trainer builds, bf16 autocast, the default dice_ce loss, AdamW) on a GPU-resident batch of
-``--batch`` images per GPU, so the number measures compute and gradient all-reduce, not data
-loading (the data pipeline is measured by the real-data runs). Weak scaling: the global batch
-grows with the number of GPUs, as `hrmedseg train` users scale out. Rank 0 writes the result:
-global images/s, step time, and every rank's peak memory.
+Every process runs the package's own training step (``Engine.train_step`` of the segmentation
+task: the DDP wrapper the task builds, bf16 autocast, the default dice_ce loss, AdamW) on a
+GPU-resident batch of ``--batch`` images per GPU, so the number measures compute and gradient
+all-reduce, not data loading (the data pipeline is measured by the real-data runs). Weak
+scaling: the global batch grows with the number of GPUs, as `hrmedseg train` users scale out.
+Rank 0 writes the result: global images/s, step time, and every rank's peak memory.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from hrmedseg.provenance import source_commit
 
 
 class _Sized:
-    """The Trainer only needs the training set's length (for its sampler) here."""
+    """The segmentation task only needs the training set's length (for its sampler) here."""
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -43,10 +43,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any] | None:
     import torch.distributed as dist
 
     from hrmedseg.training.config import load_config
-    from hrmedseg.training.distributed import cleanup, init_distributed
+    from hrmedseg.training.distributed import init_distributed
     from hrmedseg.training.losses import build_loss
-    from hrmedseg.training.run import build_model
-    from hrmedseg.training.trainer import Trainer
+    from hrmedseg.training.engine import Engine
+    from hrmedseg.training.tasks.segment import SegmentTask, build_model
 
     info = init_distributed(args.device)
     world = info.world_size
@@ -58,13 +58,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any] | None:
                              f"train.out_dir={args.out / f'_run_w{world}'}"])
     net = build_model(cfg)
     loss = build_loss(cfg.loss.name, int(net.config.num_classes), **cfg.loss.kwargs)
-    trainer = Trainer(cfg, net, loss, _Sized(args.batch * world * 4), None, dist_info=info)
+    task = SegmentTask(cfg, model=net, loss_fn=loss, train_set=_Sized(args.batch * world * 4))
+    engine = Engine(cfg, task, dist_info=info)
     g = torch.Generator(device=info.device).manual_seed(1234 + info.rank)
     c = int(net.config.in_chans)
     batch = {"image": torch.randn(args.batch, c, args.size, args.size, device=info.device, generator=g),
              "mask": (torch.rand(args.batch, args.size, args.size, device=info.device, generator=g) > 0.7).long()}
     for _ in range(args.warmup):
-        trainer.train_step(batch)
+        engine.train_step(batch)
     torch.cuda.synchronize(info.device) if info.device.type == "cuda" else None
     if info.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(info.device)
@@ -72,7 +73,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any] | None:
         dist.barrier()
     t0 = time.perf_counter()
     for _ in range(args.iters):
-        trainer.train_step(batch)
+        engine.train_step(batch)
     if info.device.type == "cuda":
         torch.cuda.synchronize(info.device)
     if info.enabled:
@@ -107,8 +108,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any] | None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"ddp_scaling_w{world}.json").write_text(json.dumps(out, indent=2) + "\n")
         print(json.dumps(out), flush=True)
-    trainer.close()
-    cleanup(info)
+    engine.close()
     return out
 
 
@@ -138,7 +138,7 @@ def report(folder: Path) -> str:
     lines = [f"# HRMedSeg DDP scaling, {base['size']}², {base['precision']}, "
              f"{base['per_gpu_batch']} images per GPU", "",
              f"Device {', '.join(base['device'])}, torch {base['torch']}, {base['date']}, "
-             f"commit {base['commit']}. Synthetic GPU-resident batches through `Trainer.train_step` "
+             f"commit {base['commit']}. Synthetic GPU-resident batches through `Engine.train_step` "
              f"(DDP/NCCL for >1 GPU), {base['iters']} timed steps after {base['warmup']} warm-up.", "",
              "| GPUs | global batch | step (ms) | train img/s | speed-up | scaling efficiency | "
              "peak GB per GPU | peak GB/img |", "|---|---|---|---|---|---|---|---|"]

@@ -1,8 +1,9 @@
 """Default HRMedSeg (distilled encoder) vs a ResNet-34 U-Net at equal GPU time.
 
-Every run uses the package's own training pipeline (``Trainer`` with ``hrmedseg train``'s data
-setup and losses) under one recipe, stopped by a wall-clock budget (``train.time_limit_min``,
-cosine schedule over that budget: ``schedule.horizon=time``). Two phases, one process:
+Every run uses the package's own training pipeline (the training ``Engine`` with the segmentation
+task, ``hrmedseg train``'s data setup and losses) under one recipe, stopped by a wall-clock budget
+(``train.time_limit_min``, cosine schedule over that budget: ``schedule.horizon=time``). Two
+phases, one process:
 
 1. **Learning-rate sweep** on Kvasir-SEG, train → val only (never test): each model at each lr
    of ``--lrs`` for ``--sweep-budget-s``; each model keeps its best lr by val Dice.
@@ -45,8 +46,8 @@ def run_one(args: argparse.Namespace, dataset: str, model: str, pretrained: str,
     from hrmedseg.training.config import load_config
     from hrmedseg.training.data_setup import build_datasets
     from hrmedseg.training.losses import build_loss
-    from hrmedseg.training.run import build_model
-    from hrmedseg.training.trainer import Trainer, seed_everything
+    from hrmedseg.training.engine import Engine, seed_everything
+    from hrmedseg.training.tasks.segment import SegmentTask, build_model
 
     run_dir = Path(args.work) / "runs" / tag
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -68,19 +69,22 @@ def run_one(args: argparse.Namespace, dataset: str, model: str, pretrained: str,
     net = build_model(cfg)
     data = build_datasets(cfg, int(net.config.num_classes), int(net.config.in_chans))
     loss = build_loss(cfg.loss.name, int(net.config.num_classes), **cfg.loss.kwargs)
-    trainer = Trainer(cfg, net, loss, data.train, None, preprocess=data.preprocess)
+    engine = Engine(cfg, SegmentTask(cfg, model=net, loss_fn=loss, train_set=data.train,
+                                     preprocess=data.preprocess))
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t0 = time.monotonic()
-    result = trainer.fit(resume=False)
+    result = engine.fit(resume=False)
     wall = time.monotonic() - t0
     peak_run = torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else float("nan")
     rows = list(csv.DictReader(open(run_dir / "metrics.csv"))) if (run_dir / "metrics.csv").is_file() else []
     peak = max((float(r["peak_mem_gb"]) for r in rows if r.get("peak_mem_gb")), default=float("nan"))
-    speeds = [float(r["train_images_per_s"]) for r in rows if r.get("train_images_per_s")]
-    trainer.close()
+    # the median over whole epochs: the row of an epoch the budget cut short is not in it
+    speeds = [float(r["train_images_per_s"]) for r in rows
+              if r.get("train_images_per_s") and float(r["epoch"]).is_integer()]
+    engine.close()
     samples = (data.val if eval_split == "val" else data.test).samples
-    seg = Segmenter(trainer.model, device=str(trainer.device), size=cfg.data.size,
+    seg = Segmenter(engine.model, device=str(engine.device), size=cfg.data.size,
                     normalize=cfg.data.normalize, precision=cfg.train.precision,
                     batch_size=args.batch)
     res = evaluate_samples(seg, samples, out_dir=run_dir / f"eval_{eval_split}",
@@ -95,7 +99,7 @@ def run_one(args: argparse.Namespace, dataset: str, model: str, pretrained: str,
            "peak_run_mem_gb_per_image": round(peak_run / args.batch, 4) if peak_run == peak_run else None,
            "images_per_s_overall": round(result.global_step * args.batch / max(wall, 1e-9), 1),
            "train_images_per_s": round(statistics.median(speeds), 1) if speeds else None,
-           "params": sum(p.numel() for p in trainer.model.parameters())}
+           "params": sum(p.numel() for p in engine.model.parameters())}
     for res_key in ("model_resolution", "original_resolution"):
         for m in ("dice", "iou", "hd95"):
             v = res[res_key].get(m, {}).get("mean") if isinstance(res[res_key].get(m), dict) else None
@@ -107,7 +111,7 @@ def run_one(args: argparse.Namespace, dataset: str, model: str, pretrained: str,
         shutil.rmtree(run_dir, ignore_errors=True)
     else:   # keep the evaluation (overlays, per-image CSV), drop the checkpoints
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    del trainer, net, seg, data
+    del engine, net, seg, data
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

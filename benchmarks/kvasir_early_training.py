@@ -2,9 +2,9 @@
 
 A small-scale copy of the equal-time recipe of ``benchmarks/equal_time.py`` (AdamW, warm-up then
 cosine over the run, ``dice_ce``, strong augmentation), built with the package's own pieces
-(``build_model``, ``build_datasets``, ``build_loss``, ``Trainer`` for optimiser, loader and input
-normalisation), but with a fixed number of optimiser steps instead of a time budget and a
-hand-written step loop that logs, every step:
+(``build_model``, ``build_datasets``, ``build_loss``, the training ``Engine`` with the segmentation
+task for optimiser, loader and input normalisation), but with a fixed number of optimiser steps
+instead of a time budget and a hand-written step loop that logs, every step:
 
 * the loss and, separately, its soft-Dice part and its BCE part (computed from the same logits);
 * the summed gradient of each part w.r.t. the logits over foreground and over background pixels
@@ -54,7 +54,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "dice_bce_posw5": {"pos_weight": 5.0},          # BCE with pos_weight 5 (≈ bg/fg ratio) + Dice
     "dice_x3": {"loss_kwargs": {"lambda_dice": 3.0}},
     "no_warmup": {"warmup_steps": 0},
-    "clip1": {"clip_grad_norm": 1.0},              # the trainer's optim.clip_grad_norm=1.0
+    "clip1": {"clip_grad_norm": 1.0},              # the engine's optim.clip_grad_norm=1.0
     "lr_5e-4": {"lr": 5e-4},
     "lr_3e-3": {"lr": 3e-3},
     "decoder_lr_x10": {"decoder_lr_mult": 10.0},
@@ -134,12 +134,12 @@ def part_of(name: str) -> list[str]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, trainer: Any, val_set: Any, batch: int) -> dict[str, float]:
+def evaluate(model: nn.Module, engine: Any, val_set: Any, batch: int) -> dict[str, float]:
     from torch.utils.data import DataLoader
 
     from hrmedseg.metrics.tensor import logits_to_labels, per_image_dice_iou
     from hrmedseg.training.losses import CELoss, DiceLoss
-    from hrmedseg.training.trainer import _collate
+    from hrmedseg.training.tasks.segment import _collate
 
     model.eval()
     dice_l, ce_l = DiceLoss(), CELoss()
@@ -147,8 +147,8 @@ def evaluate(model: nn.Module, trainer: Any, val_set: Any, batch: int) -> dict[s
     s = {"dice_part": 0.0, "ce_part": 0.0}
     n = 0
     for b in DataLoader(val_set, batch_size=batch, shuffle=False, num_workers=0, collate_fn=_collate):
-        x, y = trainer._inputs(b)
-        with trainer._autocast():
+        x, y = engine.task._inputs(b)
+        with engine.autocast():
             z = model(x)
         z = z.float()
         k = x.shape[0]
@@ -192,8 +192,8 @@ def run_variant(args: argparse.Namespace, name: str) -> dict[str, Any]:
     from hrmedseg.training.config import load_config
     from hrmedseg.training.data_setup import build_datasets
     from hrmedseg.training.losses import CELoss, DiceLoss, build_loss
-    from hrmedseg.training.run import build_model
-    from hrmedseg.training.trainer import Trainer, lr_factor, seed_everything
+    from hrmedseg.training.engine import Engine, lr_factor, seed_everything
+    from hrmedseg.training.tasks.segment import SegmentTask, build_model
 
     spec = {**default_spec(args), **VARIANTS[name]}
     steps, bs, size = spec["steps"], spec["batch"], spec["size"]
@@ -219,8 +219,9 @@ def run_variant(args: argparse.Namespace, name: str) -> dict[str, Any]:
         loss_fn: nn.Module = DicePosWeightBCE(spec["pos_weight"])
     else:
         loss_fn = build_loss(cfg.loss.name, int(net.config.num_classes), **cfg.loss.kwargs)
-    trainer = Trainer(cfg, net, loss_fn, data.train, None, preprocess=data.preprocess)
-    model = trainer.model
+    engine = Engine(cfg, SegmentTask(cfg, model=net, loss_fn=loss_fn, train_set=data.train,
+                                     preprocess=data.preprocess))
+    model = engine.model
     # Parameter groups: decoder (and the extra bias) may get their own lr multiplier.
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     dec = [p for n, p in named if "decoder" in part_of(n) or part_of(n) == ["out_bias"]]
@@ -228,29 +229,28 @@ def run_variant(args: argparse.Namespace, name: str) -> dict[str, Any]:
     groups = [{"params": rest, "mult": 1.0}]
     if dec:
         groups.append({"params": dec, "mult": spec["decoder_lr_mult"]})
-    trainer.opt = torch.optim.AdamW(groups, lr=spec["lr"], weight_decay=spec["weight_decay"])
+    engine.opt = torch.optim.AdamW(groups, lr=spec["lr"], weight_decay=spec["weight_decay"])
     parts = sorted({g for n, _ in named for g in part_of(n)})
     dice_c, ce_c = DiceLoss(), CELoss()
-    per_epoch = trainer.sampler.batches_per_epoch()
+    per_epoch = engine.task.sampler.batches_per_epoch()
     log: list[dict[str, Any]] = []
     vals: list[dict[str, Any]] = []
-    ev = evaluate(model, trainer, data.val, bs)
+    ev = evaluate(model, engine, data.val, bs)
     vals.append({"step": 0, **{k: round(v, 5) for k, v in ev.items()}})
     print(f"[{name}] step 0 val {vals[-1]}", flush=True)
     t0 = time.monotonic()
     step, epoch = 0, 0
     model.train()
     while step < steps:
-        trainer.sampler.set_epoch(epoch, 0)
-        for batch in trainer._loader():
+        for batch in engine.task.train_batches(epoch, 0):
             if step >= steps:
                 break
             f = lr_factor(cfg, step / per_epoch, step / steps)   # warm-up in epochs, cosine over steps
-            for g in trainer.opt.param_groups:
+            for g in engine.opt.param_groups:
                 g["lr"] = spec["lr"] * f * g["mult"]
-            x, y = trainer._inputs(batch)
-            trainer.opt.zero_grad(set_to_none=True)
-            with trainer._autocast():
+            x, y = engine.task._inputs(batch)
+            engine.opt.zero_grad(set_to_none=True)
+            with engine.autocast():
                 logits = model(x)
             logits = logits.float()
             loss = loss_fn(logits, y)
@@ -287,9 +287,9 @@ def run_variant(args: argparse.Namespace, name: str) -> dict[str, Any]:
                     rec[f"gn_{p}"] = math.sqrt(sq[p])
                 if spec["out_bias"] is not None:
                     rec["out_bias"] = float(model.bias)
-            if spec["clip_grad_norm"] > 0:   # after the measurements, as Trainer does with optim.clip_grad_norm
+            if spec["clip_grad_norm"] > 0:   # after the measurements, as the engine's optim.clip_grad_norm
                 torch.nn.utils.clip_grad_norm_(model.parameters(), spec["clip_grad_norm"])
-            trainer.opt.step()
+            engine.opt.step()
             step += 1
             log.append({k: (round(v, 6) if isinstance(v, float) else v) for k, v in rec.items()})
             if step % args.print_every == 0 or step == 1:
@@ -299,12 +299,12 @@ def run_variant(args: argparse.Namespace, name: str) -> dict[str, Any]:
                       + " ".join(f"{p}={rec[f'gn_{p}']:.3g}" for p in parts)
                       + f" ({time.monotonic() - t0:.0f}s)", flush=True)
             if step % args.val_every == 0 or step == steps:
-                ev = evaluate(model, trainer, data.val, bs)
+                ev = evaluate(model, engine, data.val, bs)
                 vals.append({"step": step, **{k: round(v, 5) for k, v in ev.items()}})
                 print(f"[{name}] step {step} val {vals[-1]}", flush=True)
         epoch += 1
     wall = time.monotonic() - t0
-    trainer.close()
+    engine.close()
     final = vals[-1]
     return {"variant": name, "spec": spec, "steps": steps, "epochs": round(steps * bs / len(data.train), 2),
             "train_images": len(data.train), "val_images": len(data.val),

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     base = load_config(args.config, [*args.overrides, "data.workers=0"])
     policies = [p for p in args.policies.split(",") if p] or [base.data.augment]
-    cv2.setNumThreads(0)   # as in a DataLoader worker (trainer._worker_init)
+    cv2.setNumThreads(0)   # as in a DataLoader worker (engine.worker_init)
     rates: dict[str, float] = {}
     counts: dict[str, int] = {}
     for policy in policies:

@@ -1,11 +1,11 @@
-"""benchmarks/ddp_scaling.py in one CPU process (no torchrun): the trainer's step timed, then the
+"""benchmarks/ddp_scaling.py in one CPU process (no torchrun): the engine's step timed, then the
 report over the result folder."""
 import json
 
 import pytest
 
 
-@pytest.mark.slow  # the trainer builds the full HRMedSeg: 10-40 s on two shared cores
+@pytest.mark.slow  # the engine builds the full HRMedSeg: 10-40 s on two shared cores
 def test_single_process_then_report(tmp_path, load_benchmark, monkeypatch):
     monkeypatch.setenv("HRMEDSEG_COMMIT", "1234abc")
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):

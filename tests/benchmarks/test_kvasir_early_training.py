@@ -4,7 +4,7 @@ import json
 import pytest
 
 
-@pytest.mark.slow  # builds datasets and the trainer: about 10 s on two shared cores
+@pytest.mark.slow  # builds datasets and the engine: about 10 s on two shared cores
 @pytest.mark.timeout(300)
 def test_two_steps_log_every_step_and_validate(tmp_path, load_benchmark, monkeypatch, toy_dataset):
     monkeypatch.setenv("HRMEDSEG_COMMIT", "a1b2c3d")
