@@ -255,3 +255,15 @@ def test_esp_rows_share_one_run_and_report_each_dataset(data, tmp_path, monkeypa
     assert dsb["runs"] == res["runs"]
     assert dsb["ours"] == pytest.approx(
         {"seed0": 100 * summ["test"]["dsb2018"]["model_resolution"]["dice"]}, abs=1e-4)
+
+
+def test_esp_row_with_a_dataset_entry_lacking_its_folder_name_is_refused(tmp_path):
+    text = (rp.reproductions_dir() / "espmedsam-t1-drive.yaml").read_text()
+    assert "{name: drive, modality: 2}" in text
+    bad = tmp_path / "espmedsam-t1-drive.yaml"
+    bad.write_text(text.replace("{name: drive, modality: 2}", "{dataset: drive, modality: 2}"))
+    with pytest.raises(rp.ReproduceError, match=r"espmedsam-t1-drive.yaml: overrides.esp.datasets "
+                                                r"entry \{'dataset': 'drive', 'modality': 2\} must be"):
+        rp.load_row_file(bad)
+    assert rp.load_row_file(rp.reproductions_dir() / "espmedsam-t1-drive.yaml").datasets() == \
+        ["drive", "kvasir-seg", "dsb2018"]
