@@ -1103,7 +1103,7 @@ class DictTransformDataset(Dataset):
         return self.transform(item) if self.transform is not None else item
 
 
-def collate_segmentation(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def collate_segmentation(items: Sequence[Mapping[str, Any]], augment: Any = None) -> dict[str, Any]:
     """Batch items of :class:`SegmentationDataset` (either ``output`` mode) into one homogeneous batch.
 
     Returns ``dict(image=Tensor (B, C, H, W), mask=Tensor (B, H, W), stem=list[str],
@@ -1114,6 +1114,12 @@ def collate_segmentation(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     * otherwise ``image`` float32 and ``normalized=True``: uint8 items in a mixed batch (e.g. 8-bit
       and 16-bit sources) are normalised here, on the CPU, with the item's ``normalization``;
     * ``mask`` is uint8 when every item's mask is uint8, else int64; call ``.long()`` on the device.
+
+    Items left unaugmented for the training device carry ``aug_seed`` (the training sampler's
+    ``SeededDataset(carry_seed=True)``): a uint8 batch of them gets ``aug_seed`` (int64 (B,)) for
+    :meth:`~hrmedseg.data.augment.BatchAugment.draw_items` on the device; in a mixed batch they are
+    augmented here with ``augment`` (that :class:`~hrmedseg.data.augment.BatchAugment`, the same
+    parameters) before they are normalised.
 
     Items without a ``normalized`` key count as normalised float (the old item format).
     """
@@ -1127,21 +1133,37 @@ def collate_segmentation(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     all_modes = {it.get("normalization") for it in items}
     mode = next(iter(raw_modes)) if raw_modes else (next(iter(all_modes)) if len(all_modes) == 1 else None)
     images = [it["image"] for it in items]
+    masks = [it["mask"] for it in items]
+    seeds = [it.get("aug_seed") for it in items]
+    extra: dict[str, Any] = {}
     if not any(flags):
         image = torch.stack(images)
         normalized = False
+        if any(s is not None for s in seeds):
+            if any(s is None for s in seeds):
+                raise ValueError("batch mixes uint8 items with and without 'aug_seed'")
+            extra["aug_seed"] = torch.tensor(seeds, dtype=torch.int64)
     else:
         if not all(flags):
             if mode is None:
                 raise ValueError("batch mixes uint8 and normalised images but gives no 'normalization'")
-            from .gpu_normalize import normalize_batch
+            from .gpu_normalize import normalize_batch, normalize_unit_batch
 
-            images = [im if f else normalize_batch(im[None], mode)[0] for im, f in zip(images, flags)]
+            for k, (im, f, seed) in enumerate(zip(images, flags, seeds)):
+                if f:
+                    continue
+                if seed is None:
+                    images[k] = normalize_batch(im[None], mode)[0]
+                    continue
+                if augment is None:
+                    raise ValueError("a mixed batch holds items left for device augmentation but "
+                                     "collate_segmentation got no 'augment' to apply")
+                x, m = augment.apply(im[None], masks[k][None], augment.draw_items([seed]), keep_float=True)
+                images[k], masks[k] = normalize_unit_batch(x, mode)[0], m[0]
         image = torch.stack([im.float() for im in images])
         normalized = True
-    masks = [it["mask"] for it in items]
     if not all(m.dtype == torch.uint8 for m in masks):
         masks = [m.long() for m in masks]
     return {"image": image, "mask": torch.stack(masks), "stem": [it.get("stem", "") for it in items],
             "normalized": normalized, "normalization": mode,
-            "orig_size": [it.get("orig_size") for it in items]}
+            "orig_size": [it.get("orig_size") for it in items], **extra}

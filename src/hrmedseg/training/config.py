@@ -61,6 +61,12 @@ class DataConfig:
     size: list[int] = field(default_factory=lambda: [1024, 1024])
     normalize: str = "imagenet"       # imagenet | minmax | none
     augment: str = "strong"           # none | paper | strong
+    # Where the training augmentation runs: "cpu" per item in the DataLoader workers; "device"
+    # batched on the training device (workers only decode, the batch moves as uint8 and is
+    # augmented and normalised there; the same parameters per (seed, epoch, index) as "cpu");
+    # "auto" = device when training on CUDA, cpu otherwise. Images that are not uint8 after
+    # loading (float sources) and 3-D slices are augmented per item either way.
+    augment_device: str = "auto"      # auto | cpu | device
     cache_dir: str = ""               # pre-resized cache; "" = <out_dir>/../.cache/<dataset>
     # DataLoader processes; "auto" = min(8, CPU count - 1) (0 on a single core)
     workers: Any = "auto"
@@ -338,6 +344,9 @@ def validate(cfg: Config) -> None:
         if cfg.schedule.name not in ("cosine", "constant"):
             raise ConfigError(f"schedule.horizon=time works with cosine or constant, not "
                               f"{cfg.schedule.name!r}")
+    if cfg.data.augment_device not in ("auto", "cpu", "device"):
+        raise ConfigError(f"data.augment_device must be auto, cpu or device, "
+                          f"got {cfg.data.augment_device!r}")
     if cfg.data.on_error not in ("raise", "skip"):
         raise ConfigError(f"data.on_error must be raise or skip, got {cfg.data.on_error!r}")
     if cfg.train.batch_size < 1 or cfg.train.epochs < 0:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .config import Config, ConfigError, resolve_workers
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,39 @@ def split_stems(
     return parts["train"], parts["val"], parts["test"]
 
 
-def build_datasets(cfg: Config, num_classes: int, in_chans: int) -> RunData:
+def augment_on_device(cfg: Config, device_type: str) -> bool:
+    """``data.augment_device`` resolved: True where the training augmentation runs batched on the
+    training device ("auto": on CUDA), False where the DataLoader workers run it per item."""
+    choice = cfg.data.augment_device
+    return choice == "device" or (choice == "auto" and device_type == "cuda")
+
+
+class DeviceAugmentSplit:
+    """The training transform when the augmentation runs on the device: a uint8 item (the uint8
+    fast path) is only resized here and augmented batched on the device with the same parameters;
+    an item that takes the float path (a float source) is augmented here, per item, as on the
+    CPU path, since the device receives it already normalised."""
+
+    accepts_keep_uint8 = True
+    channel_independent = True
+
+    def __init__(self, augment: Any, resize: Any) -> None:
+        self.augment, self.resize = augment, resize
+
+    def set_random_seed(self, seed: int) -> None:
+        self.augment.set_random_seed(seed)
+
+    def __call__(self, *, image: Any, mask: Any = None, keep_uint8: bool | None = None) -> dict[str, Any]:
+        if keep_uint8 and np.asarray(image).dtype == np.uint8:
+            return self.resize(image=image, mask=mask, keep_uint8=True)
+        return self.augment(image=image, mask=mask, keep_uint8=keep_uint8)
+
+
+def build_datasets(cfg: Config, num_classes: int, in_chans: int, *,
+                   device_augment: bool = False) -> RunData:
+    """The run's datasets. ``device_augment``: the training set leaves uint8 images unaugmented
+    (resized only) for :class:`~hrmedseg.data.augment.BatchAugment` on the device
+    (:class:`DeviceAugmentSplit`); 3-D slices are augmented per item in any case."""
     from ..data.datasets import SegmentationDataset, build_cache, discover_pairs
     from ..data.transforms import eval_transform, train_transform
 
@@ -87,7 +121,10 @@ def build_datasets(cfg: Config, num_classes: int, in_chans: int) -> RunData:
         return SegmentationDataset(index.subset(stems), transform, num_classes, in_chans, cache,
                                    d.on_error, normalization=d.normalize, output="uint8")
 
-    train = make(train_s, train_transform(size, d.augment))
+    train_tf = train_transform(size, d.augment)
+    if device_augment and d.augment != "none":
+        train_tf = DeviceAugmentSplit(train_tf, eval_transform(size))
+    train = make(train_s, train_tf)
     val = make(val_s, eval_transform(size)) if val_s else None
     test = make(test_s, eval_transform(size)) if test_s else None
     pre = {"size": list(size), "normalize": d.normalize}

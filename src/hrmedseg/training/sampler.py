@@ -12,6 +12,8 @@ from typing import Iterator
 import torch
 from torch.utils.data import Dataset
 
+from ..data.augment import item_seed
+
 
 class EpochBatchSampler:
     def __init__(self, num_samples: int, global_batch: int, rank: int = 0, world_size: int = 1,
@@ -49,10 +51,16 @@ class EpochBatchSampler:
 
 class SeededDataset(Dataset):
     """Wraps a dataset whose items are indexed by (index, epoch): seeds the augmentation from
-    (seed, epoch, index) before each item, so results do not depend on workers or resumption."""
+    :func:`~hrmedseg.data.augment.item_seed` (seed, epoch, index) before each item, so results do
+    not depend on workers or resumption.
 
-    def __init__(self, dataset: Dataset, seed: int) -> None:
-        self.dataset, self.seed = dataset, seed
+    ``carry_seed=True`` (augmentation on the training device): an item the workers left
+    unaugmented (a uint8 item, ``normalized=False``; its transform only resized it) carries its
+    seed as ``aug_seed``, from which the device draws the very parameters the per-item path draws.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, carry_seed: bool = False) -> None:
+        self.dataset, self.seed, self.carry_seed = dataset, seed, carry_seed
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -62,20 +70,23 @@ class SeededDataset(Dataset):
 
         import numpy as np
         index, epoch = key if isinstance(key, tuple) else (key, 0)
-        item_seed = (self.seed * 1_000_003 + epoch * 7_919 + index) % (2**31 - 1)
+        seed = item_seed(self.seed, epoch, index)
         # Seed every generator an augmentation library may use, and put the global ones back
         # afterwards so that loading data in the main process (workers=0) does not disturb the
         # model's own randomness (dropout, stochastic depth).
         py_state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
-            random.seed(item_seed)
-            np.random.seed(item_seed)
-            torch.manual_seed(item_seed)
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
             tf = getattr(self.dataset, "transform", None)
             if tf is not None and hasattr(tf, "set_random_seed"):  # a transform with its own generator
-                tf.set_random_seed(item_seed)
+                tf.set_random_seed(seed)
             try:
-                return self.dataset[index]
+                item = self.dataset[index]
             finally:
                 random.setstate(py_state)
                 np.random.set_state(np_state)
+        if self.carry_seed and isinstance(item, dict) and item.get("normalized", True) is False:
+            item = {**item, "aug_seed": seed}
+        return item

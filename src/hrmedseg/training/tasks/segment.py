@@ -94,6 +94,19 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return collate_segmentation(items)
 
 
+class _TrainCollate:
+    """Collate of the training loader (picklable for workers). It holds the device augmentation
+    for the rare mixed batch of uint8 and float items, which is normalised in the worker: its
+    uint8 items are augmented there, with the same parameters."""
+
+    def __init__(self, augment: Any) -> None:
+        self.augment = augment
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        from ...data.datasets import collate_segmentation
+        return collate_segmentation(items, augment=self.augment)
+
+
 class SegmentTask(Task):
     """``model``, ``loss_fn`` and the datasets may be given (tests, Python callers); otherwise
     they are built from the config (:func:`hrmedseg.training.run.build_model`, the loss
@@ -119,16 +132,17 @@ class SegmentTask(Task):
         from ..losses import build_loss
         super().setup(engine)
         cfg, info = self.cfg, engine.info
+        from ..data_setup import DeviceAugmentSplit, augment_on_device, build_datasets
         model, loss_fn, train_set, val_set = self._given
         if model is None:
             model = build_model(cfg)
+        on_device = augment_on_device(cfg, engine.device.type)
         if train_set is None:
-            from ..data_setup import build_datasets
             nc, ch = int(model.config.num_classes), int(model.config.in_chans)
             # Rank 0 builds the pre-resize cache first; the others then open the finished cache.
-            data = build_datasets(cfg, nc, ch) if info.is_main else None
+            data = build_datasets(cfg, nc, ch, device_augment=on_device) if info.is_main else None
             barrier(info)
-            self.data = data or build_datasets(cfg, nc, ch)
+            self.data = data or build_datasets(cfg, nc, ch, device_augment=on_device)
             train_set, val_set = self.data.train, self.data.val
             self.preprocess = self.data.preprocess
         if loss_fn is None:
@@ -137,6 +151,11 @@ class SegmentTask(Task):
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"loss: {exc}") from None
         self.loss_fn, self.train_set, self.val_set = loss_fn, train_set, val_set
+        # Batched augmentation on the device (data.augment_device): the workers only decode and
+        # resize, the batch moves as uint8 and is augmented there (see _inputs) by the training
+        # transform's own BatchAugment, so both paths share one policy and size.
+        tf = getattr(train_set, "transform", None)
+        self.augment = tf.augment.augment if isinstance(tf, DeviceAugmentSplit) else None
         self.device = engine.device
         self.model = model.to(self.device)
         # Parameters a model declares unused (e.g. SAM leftovers of the released HRMedSeg layout)
@@ -188,8 +207,9 @@ class SegmentTask(Task):
         if self._train_loader is None:
             w = self.workers
             self._train_loader = DataLoader(
-                SeededDataset(self.train_set, self.cfg.train.seed), batch_sampler=self.sampler,
-                num_workers=w, collate_fn=_collate, worker_init_fn=worker_init if w > 0 else None,
+                SeededDataset(self.train_set, self.cfg.train.seed, carry_seed=self.augment is not None),
+                batch_sampler=self.sampler, num_workers=w, collate_fn=_TrainCollate(self.augment),
+                worker_init_fn=worker_init if w > 0 else None,
                 pin_memory=self.device.type == "cuda", persistent_workers=w > 0,
                 prefetch_factor=4 if w > 0 else None,
                 # Own generator: creating an iterator must not draw from the global RNG, or a
@@ -201,12 +221,22 @@ class SegmentTask(Task):
         return int(batch["image"].shape[0])
 
     def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch to device; uint8 images are normalised there (cheaper than in the workers)."""
+        """Batch to device; uint8 images are normalised there (cheaper than in the workers), and
+        a batch that carries ``aug_seed`` is augmented there first, batched, with the parameters
+        the per-item path draws from the same seeds."""
         x = batch["image"].to(self.device, non_blocking=True)
+        y = batch["mask"].to(self.device, non_blocking=True)
         if not batch.get("normalized", True):
-            from ...data.gpu_normalize import normalize_batch
-            x = normalize_batch(x, batch.get("normalization") or self.cfg.data.normalize)
-        y = batch["mask"].to(self.device, non_blocking=True).long()
+            from ...data.gpu_normalize import normalize_batch, normalize_unit_batch
+            mode = batch.get("normalization") or self.cfg.data.normalize
+            seeds = batch.get("aug_seed")
+            if seeds is not None and self.augment is not None:
+                params = self.augment.draw_items(seeds.tolist())
+                x, y = self.augment.apply(x, y, params, keep_float=True)
+                x = normalize_unit_batch(x, mode)
+            else:
+                x = normalize_batch(x, mode)
+        y = y.long()
         if self.cfg.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
