@@ -25,14 +25,20 @@ def test_thop_convention_for_transposed_conv():
     assert mc.module_macs == 72 * 4 * 4           # thop: per output element, in_ch × k²
 
 
-def test_hrmedseg_macs_exact_and_as_the_readme_quotes():
-    """The exact counts at 1024² (paper: 9.39 G thop MACs); the README quotes the thop count."""
+def test_hrmedseg_macs_exact_and_as_the_docs_quote():
+    """The exact counts at 1024² (paper: 9.39 G thop MACs) equal the committed compute counts,
+    and docs/benchmarks.md quotes the thop count."""
+    import json
+    root = Path(__file__).resolve().parents[2]
     m = hrmedseg.create_model("hrmedseg")
     mc = count_macs(m, torch.randn(1, 3, 1024, 1024))
     assert mc.module_macs == 9_363_937_280
     assert mc.ops_macs == 8_200_527_872 and mc.ops_flops == 2 * mc.ops_macs
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert f"`macs_thop`, {mc.module_macs / 1e9:.2f} G for `hrmedseg` at 1024²" in readme
+    rows = json.loads((root / "benchmarks/results/compute_counts.json").read_text())["results"]
+    row = next(r for r in rows if r["model"] == "hrmedseg" and r["size"] == 1024 and not r["kwargs"])
+    assert (row["macs_thop"], row["macs_all_ops"]) == (mc.module_macs, mc.ops_macs)
+    docs = (root / "docs/benchmarks.md").read_text()
+    assert f"HRMedSeg at 1024², {mc.module_macs / 1e9:.2f} G" in " ".join(docs.split())
 
 
 def test_profile_cpu_small(tmp_path):

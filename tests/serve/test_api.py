@@ -11,6 +11,7 @@ from PIL import Image
 
 from fastapi.testclient import TestClient
 
+from hrmedseg.inference.predictor import SamPredictor
 from hrmedseg.serve.app import create_app
 
 
@@ -308,7 +309,7 @@ def _direct_box_mask(model, img: np.ndarray, box) -> np.ndarray:
     model.eval()
     x = torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1)[None]
     with torch.inference_mode():
-        logits = model.predict_boxes(x, [torch.tensor([box], dtype=torch.float32)])
+        logits = SamPredictor(model).predict_boxes(x, [torch.tensor([box], dtype=torch.float32)])
     return (logits[0, 0] > model.config.mask_threshold).numpy()
 
 

@@ -176,10 +176,11 @@ def test_box_drawn_on_downscaled_preview(box_server, browser, tiny_sam, tmp_path
     want_mask = np.asarray(Image.open(io.BytesIO(api.content)))
     assert want_mask.shape == (H, W) and set(np.unique(want_mask)) == {0, 255}
     # ... which is the model's own box-prompted mask for the box in image pixels (x, y not swapped)
+    from hrmedseg.inference.predictor import SamPredictor
     tiny_sam.eval()
     with torch.inference_mode():
-        direct = tiny_sam.predict_boxes(torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1)[None],
-                                        [torch.tensor(sent, dtype=torch.float32)])
+        x = torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1)[None]
+        direct = SamPredictor(tiny_sam).predict_boxes(x, [torch.tensor(sent, dtype=torch.float32)])
     np.testing.assert_array_equal(want_mask > 0, (direct[0, 0] > tiny_sam.config.mask_threshold).numpy())
     assert page.get_attribute("#view", "data-mask-sha256") == hashlib.sha256(api.content).hexdigest()
     np.testing.assert_array_equal(_b64(page, READ_MASK).reshape(H, W), want_mask)
