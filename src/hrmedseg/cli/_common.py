@@ -12,7 +12,9 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS, []) or "default" in text:
+        # Identity for None/False/SUPPRESS: a default of 0 (== False) is still shown.
+        if any(action.default is d for d in (None, False, argparse.SUPPRESS)) \
+                or action.default == [] or "default" in text:
             return text
         return super()._get_help_string(action)
 
@@ -24,21 +26,28 @@ def add_verb(sub: argparse._SubParsersAction, name: str, help: str, **kwargs: An
     return sub.add_parser(name, help=help, formatter_class=DefaultsHelpFormatter, **kwargs)
 
 
-def add_device_argument(p: argparse.ArgumentParser, default: str = "auto") -> None:
-    """``--device`` with the one rule of :mod:`hrmedseg.devices`; resolve it with :func:`device_arg`."""
+def add_device_argument(p: argparse.ArgumentParser, default: str | None = "auto",
+                        note: str = "") -> None:
+    """``--device`` with the one rule of :mod:`hrmedseg.devices`; resolve it with :func:`device_arg`.
+    ``note`` is appended to the help (e.g. what an absent ``--device`` means)."""
     from ..devices import DEVICE_HELP
-    p.add_argument("--device", default=default, help=DEVICE_HELP)
+    p.add_argument("--device", default=default, help=f"{DEVICE_HELP}{'; ' + note if note else ''}")
 
 
-def device_arg(spec: str) -> str:
+def device_arg(spec: str, name: str = "--device") -> str:
     """Checked ``--device`` value as a torch device string ("cpu", "cuda", "cuda:1", "mps");
-    a malformed or unavailable device is a one-line :class:`UserError` (exit 2)."""
+    a malformed or unavailable device is a one-line :class:`UserError` (exit 2). ``name`` is how
+    the user gave it when not as ``--device`` (e.g. ``train.device``), for the message."""
     from ..devices import DeviceError, parse_device
-    from .main import UserError
+    from ..errors import UserError
     try:
         return str(parse_device(spec))
     except DeviceError as exc:
-        raise UserError(str(exc)) from None
+        msg = str(exc)
+        if name != "--device":
+            msg = msg.replace("--device ", f"{name}=")
+            msg = msg if name in msg else f"{name}: {msg}"
+        raise UserError(msg) from None
 
 
 def add_batch_size(p: argparse.ArgumentParser, default: int, help: str = "images per forward",

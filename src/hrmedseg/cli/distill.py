@@ -20,28 +20,37 @@ if TYPE_CHECKING:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("distill", help="distil MobileSAM's image embedding into an HRMedSeg encoder")
-    p.add_argument("--student", default="hrmedseg", help="student model name or model folder (default hrmedseg)")
+    from ._common import add_batch_size, add_device_argument, add_verb
+    p = add_verb(sub, "distill", help="distil MobileSAM's image embedding into an HRMedSeg encoder",
+                 description="Distil MobileSAM's image embedding into a student encoder (MSE on "
+                             "the neck output). Rerun the same command to continue from "
+                             "RUN/checkpoints/last; RUN/student is a model folder.")
+    p.add_argument("--student", default="hrmedseg", help="student model name or model folder")
     p.add_argument("--teacher", required=True, help="MobileSAM checkpoint (mobile_sam.pt)")
     p.add_argument("--images", nargs="+", required=True, help="image folders (searched recursively)")
     p.add_argument("-o", "--out", required=True, help="run folder (rerun to continue)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--size", type=int, default=1024, help="square input side (default 1024)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
-    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--epochs", type=int, default=20, help="passes over the training images")
+    add_batch_size(p, 4, help="images per step")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (Adam, constant)")
+    p.add_argument("--size", type=int, default=1024, help="square input side")
+    add_device_argument(p)
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"],
+                   help="autocast precision of the student's forward pass")
+    p.add_argument("--val-fraction", type=float, default=0.05,
+                   help="share of --images held out for validation")
     p.add_argument("--val-images", nargs="*", default=[],
                    help="held-out image folders (instead of a --val-fraction of --images)")
     p.add_argument("--time-limit-min", type=float, default=0.0,
                    help="stop after this many minutes of training, resumes included (0 = off)")
-    p.add_argument("--augment", default="none", choices=["none", "strong"])
+    p.add_argument("--augment", default="none", choices=["none", "strong"],
+                   help="none: the teacher's embeddings are cached once; strong: random views, "
+                        "the teacher runs on each")
     p.add_argument("--teacher-cache", help="embedding cache folder (default RUN/teacher_cache)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (resumable)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--max-steps", type=int, default=0,
+                   help="stop after this many steps (resumable; 0 = off)")
     p.add_argument("--workers", default="auto",
-                   help="image-reading processes (default auto: from the CPU count)")
+                   help="image-reading processes (auto: from the CPU count)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="student model overrides, e.g. embed_dim=48 depth=8")
     p.set_defaults(func=run)
@@ -57,7 +66,7 @@ def to_config(args: argparse.Namespace) -> "Config":
         "model": {"name": args.student, "overrides": parse_set(args.set)},
         "data": {"size": [args.size, args.size], "augment": args.augment, "workers": args.workers},
         "optim": {"lr": args.lr},
-        "train": {"out_dir": args.out, "epochs": args.epochs, "batch_size": args.batch,
+        "train": {"out_dir": args.out, "epochs": args.epochs, "batch_size": args.batch_size,
                   "device": args.device, "precision": args.precision, "seed": args.seed,
                   "max_steps": args.max_steps, "time_limit_min": args.time_limit_min},
         "distill": {"images": args.images, "val_images": args.val_images,
@@ -69,9 +78,12 @@ def to_config(args: argparse.Namespace) -> "Config":
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import UserError
     from ..training.run import train
-    from .main import UserError
+    from ._common import device_arg
 
+    # Checked before any run folder exists; the run resolves "auto" itself.
+    device_arg(args.device)
     try:
         summary = train(to_config(args))
     except (ValueError, FileNotFoundError) as exc:

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     seg = Segmenter(args.model, device=args.device, size=size, precision=args.precision,
                     batch_size=args.batch_size)
     from ..data.io import ImageReadError
-    from .main import UserError
+    from ..errors import UserError
     try:
         res = evaluate_samples(seg, samples, out_dir=args.out, hd=not args.no_hd,
                                overlays=args.overlays, class_names=index.class_names,
@@ -77,7 +77,7 @@ def _run_split_samples(args: argparse.Namespace) -> tuple[Any, list] | None:
         return None
     from ..data.datasets import discover_pairs
     from ..training.data_setup import run_splits
-    from .main import UserError
+    from ..errors import UserError
     if not Path(args.model).is_dir():
         return None
     drawn = run_splits(args.model, args.data)

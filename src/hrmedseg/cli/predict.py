@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.visualize import prediction_overlay
     from ..progress import progress
     from ._common import device_arg
-    from .main import UserError
+    from ..errors import UserError
 
     if args.samples:
         root = sample_dir()

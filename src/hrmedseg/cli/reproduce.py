@@ -12,8 +12,9 @@ import sys
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "reproduce", help="reproduce a paper's table row at its protocol (--list, --report)",
+    from ._common import add_device_argument, add_verb
+    p = add_verb(
+        sub, "reproduce", help="reproduce a paper's table row at its protocol (--list, --report)",
         description="Reproduce the papers' table rows at their own protocols. Rerun the same "
                     "command to continue an interrupted or time-limited run.")
     p.add_argument("row", nargs="?", help="row id (see --list)")
@@ -27,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                        "default docs/reproductions.md)")
     p.add_argument("--time-limit-min", type=float, default=None,
                    help="stop this call after about this many minutes of training; rerun to continue")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_device_argument(p)
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="run these seeds (folds, for a fold row) instead of the row's own")
     p.add_argument("--weights", help="folder with mobile_sam.pt for ESP-MedSAM rows "
@@ -40,7 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..experiments.reproduce import (DEFAULT_RESULTS_DIR, format_list, list_rows, run_row,
                                          write_report)
-    from .main import UserError
+    from ..errors import UserError
+    from ._common import device_arg
 
     if args.list:
         print(format_list(list_rows()))
@@ -55,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"reproduce {args.row}: --data DIR and -o OUT are required")
     if args.time_limit_min is not None and args.time_limit_min <= 0:
         raise UserError("--time-limit-min must be > 0")
+    # Checked before any run folder exists; the runs resolve "auto" themselves.
+    device_arg(args.device)
     status = run_row(args.row, args.data, args.out, time_limit_min=args.time_limit_min,
                      device=args.device, seeds=args.seeds, overrides=args.set,
                      weights_dir=args.weights)

@@ -9,10 +9,12 @@ TASK_RECIPES = {"segment": "default", "distill": "distill", "esp": "esp_medsam"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model from a YAML config (resumes automatically)",
-                       description="Train from a config file or a shipped recipe (paper, herseg, "
-                                   "qtseg); override any field as section.key=value. Under "
-                                   "torchrun it trains with DDP on every process.")
+    from ._common import add_verb
+    p = add_verb(sub, "train", help="train a model from a YAML config (resumes automatically)",
+                 description="Train from a config file or a shipped recipe (paper, herseg, qtseg); "
+                             "override any field as section.key=value (the device is "
+                             "train.device=auto|cpu|cuda). Under torchrun it trains with DDP on "
+                             "every process.")
     p.add_argument("--task", choices=["segment", "distill", "esp"],
                    help="what to train: segment (default), distill (a student's embedding learns "
                         "a teacher's; distill.* keys) or esp (ESP-MedSAM with MMDKD; esp.* keys)")
@@ -37,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..training.config import load_config
     from ..training.run import train
+    from ._common import device_arg
 
     ov = list(args.overrides)
     if args.task:
@@ -52,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
+    # Checked here, before any run folder exists; the run resolves "auto" itself (under torchrun
+    # to this process's GPU), so the config keeps the spelling it was given.
+    device_arg(cfg.train.device, "train.device")
     summary = train(cfg, resume=not args.no_resume)
     print(json.dumps(summary, indent=2, default=str))
     return 0

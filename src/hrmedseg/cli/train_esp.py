@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 def parse_dataset(spec: str) -> dict:
     """``NAME=DIR:ID`` or ``DIR:ID`` → dict(root, modality[, name])."""
-    from .main import UserError
+    from ..errors import UserError
 
     name = ""
     head, sep, rest = spec.partition("=")
@@ -43,8 +43,9 @@ def parse_dataset(spec: str) -> dict:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train-esp", help="train ESP-MedSAM on several datasets (one modality each) with MMDKD",
+    from ._common import add_batch_size, add_device_argument, add_verb
+    p = add_verb(
+        sub, "train-esp", help="train ESP-MedSAM on several datasets (one modality each) with MMDKD",
         description="Train ESP-MedSAM across datasets of different modalities with the MMDKD "
                     "distillation (eq. 1) and evaluate each test split without prompts. "
                     "Rerun the same command to continue an interrupted run.")
@@ -58,32 +59,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                              "checkpoint); default: --teacher")
     p.add_argument("--natural-images", nargs="*", default=[], metavar="DIR",
                    help="natural images x_nat for the universal term (default: the medical batch)")
-    p.add_argument("--model", default="esp_medsam", help="model name or model folder (default esp_medsam)")
-    p.add_argument("--num-modalities", type=int, default=0, help="default: largest ID + 1")
+    p.add_argument("--model", default="esp_medsam", help="model name or model folder")
+    p.add_argument("--num-modalities", type=int, default=0,
+                   help="number of modalities (0 = largest ID + 1)")
     p.add_argument("--init", help="MobileSAM checkpoint to initialise the encoder and decoder")
-    p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--epochs", type=int, default=200, help="passes over every dataset")
+    add_batch_size(p, 4, help="images per step (one dataset per batch)")
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (Adam)")
     p.add_argument("--lr-gamma", type=float, default=0.98, help="exponential decay per epoch")
     p.add_argument("--size", type=int, default=1024, help="square input side, multiple of 32")
-    p.add_argument("--augment", default="paper", choices=["none", "paper", "strong"])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (resumable)")
+    p.add_argument("--augment", default="paper", choices=["none", "paper", "strong"],
+                   help="training augmentation: none, the paper's, or strong")
+    add_device_argument(p)
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"],
+                   help="autocast precision of the forward pass")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--max-steps", type=int, default=0,
+                   help="stop after this many steps (resumable; 0 = off)")
     p.add_argument("--time-limit-min", type=float, default=0.0,
-                   help="stop after this many minutes (resumable; the test split is evaluated)")
+                   help="stop after this many minutes (resumable; the test split is evaluated; "
+                        "0 = off)")
     p.add_argument("--workers", default="auto",
-                   help="image-reading processes (default auto: from the CPU count)")
+                   help="image-reading processes (auto: from the CPU count)")
     p.add_argument("--w-seg", type=float, default=1.0, help="segmentation loss weight")
     p.add_argument("--w-universal", type=float, default=1.0, help="MMDKD universal term weight")
     p.add_argument("--w-modality", type=float, default=1.0, help="MMDKD modality term weight")
     p.add_argument("--modality-reduction", default="sum", choices=["sum", "mean"],
-                   help="sum: eq. 1's sum over modalities (default); mean: each batch at weight 1")
+                   help="sum: eq. 1's sum over modalities; mean: each batch at weight 1")
     p.add_argument("--coupled", action="store_true",
                    help="let the modality term train the shared encoder too (default: bag only)")
     p.add_argument("--focal-weight", type=float, default=20.0, help="λ of λ·focal + Dice")
-    p.add_argument("--sppg-weight", type=float, default=1.0)
+    p.add_argument("--sppg-weight", type=float, default=1.0, help="w_sppg: weight of the SPPG patch BCE")
     p.add_argument("--no-test", action="store_true", help="skip the final test evaluation")
     p.add_argument("--no-hd", action="store_true", help="skip Hausdorff distances in the test")
     p.add_argument("--no-resume", action="store_true", help="start over even if RUN has a checkpoint")
@@ -103,7 +109,7 @@ def to_config(args: argparse.Namespace) -> "Config":
         "data": {"size": [args.size, args.size], "augment": args.augment, "workers": args.workers},
         "optim": {"lr": args.lr},
         "schedule": {"gamma": args.lr_gamma},
-        "train": {"out_dir": args.out, "epochs": args.epochs, "batch_size": args.batch,
+        "train": {"out_dir": args.out, "epochs": args.epochs, "batch_size": args.batch_size,
                   "device": args.device, "precision": args.precision, "seed": args.seed,
                   "max_steps": args.max_steps, "time_limit_min": args.time_limit_min,
                   "eval_test": not args.no_test},
@@ -120,9 +126,12 @@ def to_config(args: argparse.Namespace) -> "Config":
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import UserError
     from ..training.run import train
-    from .main import UserError
+    from ._common import device_arg
 
+    # Checked before any run folder exists; the run resolves "auto" itself.
+    device_arg(args.device)
     try:
         summary = train(to_config(args), resume=not args.no_resume)
     except (ValueError, FileNotFoundError) as exc:
