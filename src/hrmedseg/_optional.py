@@ -16,6 +16,7 @@ from .errors import HrmedsegError
 EXTRAS: dict[str, tuple[str, str]] = {
     "cv2": ("opencv-python-headless", "train"),
     "matplotlib": ("matplotlib", "train"),
+    "tensorboard": ("tensorboard", "train"),
     "av": ("av", "video"),
     "fastapi": ("fastapi", "serve"),
     "uvicorn": ("uvicorn", "serve"),

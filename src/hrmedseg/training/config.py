@@ -30,6 +30,7 @@ import yaml
 
 from ..compiling import COMPILE_MODES
 from ..errors import HrmedsegError
+from .loggers import LOGGER_NAMES
 
 
 class ConfigError(HrmedsegError, ValueError):
@@ -125,6 +126,8 @@ class TrainConfig:
     compile_mode: str = "default"     # default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
     eval_test: bool = True            # evaluate the best checkpoint on the test split at the end
     device: str = "auto"              # auto | cpu | cuda
+    # where each metrics.csv row also goes: csv (metrics.csv, always) | tensorboard (RUN/tensorboard/)
+    loggers: list[str] = field(default_factory=lambda: ["csv"])
 
 
 @dataclass
@@ -349,6 +352,14 @@ def validate(cfg: Config) -> None:
                           f"got {cfg.data.augment_device!r}")
     if cfg.data.on_error not in ("raise", "skip"):
         raise ConfigError(f"data.on_error must be raise or skip, got {cfg.data.on_error!r}")
+    unknown = [n for n in cfg.train.loggers if n not in LOGGER_NAMES]
+    if unknown:
+        raise ConfigError(f"train.loggers: unknown logger {unknown[0]!r} "
+                          f"(known: {', '.join(LOGGER_NAMES)})")
+    if "csv" not in cfg.train.loggers:
+        raise ConfigError(f"train.loggers must include csv (metrics.csv is the run's record: "
+                          f"curve.png and resume read it), got {cfg.train.loggers}")
+    cfg.train.loggers = list(dict.fromkeys(cfg.train.loggers))
     if cfg.train.batch_size < 1 or cfg.train.epochs < 0:
         raise ConfigError("train.batch_size must be >= 1 and train.epochs >= 0")
 

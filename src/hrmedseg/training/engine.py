@@ -15,7 +15,9 @@ rule for every task:
 * **NaN check**: losses are read every :data:`LOSS_READ_EVERY` steps and before every save; a
   non-finite loss stops the run before any checkpoint holds the broken weights;
 * ``metrics.csv`` (one row per epoch; a run stopped by its budget mid-epoch adds a row for the
-  partial epoch, its epoch fractional), ``curve.png``, ``config.yaml`` and ``env.json``;
+  partial epoch, its epoch fractional), ``curve.png``, ``config.yaml`` and ``env.json``; every
+  row also goes to the loggers ``train.loggers`` names (``tensorboard``: ``RUN/tensorboard/``)
+  and to any logger object given to the engine (:mod:`hrmedseg.training.loggers`);
 * **DDP** under ``torchrun`` for every task: the segmentation model is wrapped in
   ``DistributedDataParallel``; tasks whose steps call several forward methods (distillation,
   ESP-MedSAM) shard each global batch and average gradients weighted by each rank's images.
@@ -31,7 +33,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
@@ -41,7 +43,7 @@ from ..provenance import source_commit
 from .checkpoint import find_checkpoint, load_state, save_checkpoint
 from .config import Config, save_config
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
-from .metrics_log import append_csv_row
+from .loggers import RunLogger, check_logger_packages, open_loggers
 
 # One autocast table for every task.
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
@@ -132,12 +134,24 @@ def _fresh_acc() -> dict[str, Any]:
 
 
 class Engine:
-    """Fits ``task`` as ``cfg`` says (see the module docstring for the rules)."""
+    """Fits ``task`` as ``cfg`` says (see the module docstring for the rules).
+
+    ``loggers``: objects with ``log_row(row, step)`` and ``close()``
+    (:class:`~hrmedseg.training.loggers.RunLogger`) that receive every ``metrics.csv`` row
+    beside the loggers ``train.loggers`` names; called on the main process only, closed when
+    :meth:`fit` ends.
+    """
 
     def __init__(self, cfg: Config, task: Any, dist_info: DistInfo | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, loggers: Sequence[RunLogger] = ()) -> None:
         self.cfg = cfg
         self.task = task
+        check_logger_packages(cfg.train.loggers)    # a missing package: before any file is made
+        for lg in loggers:
+            if not (callable(getattr(lg, "log_row", None)) and callable(getattr(lg, "close", None))):
+                raise TypeError(f"logger {lg!r} needs log_row(row, step) and close() methods")
+        self.extra_loggers = list(loggers)
+        self._loggers: list[RunLogger] = []
         self.info = dist_info or init_distributed(cfg.train.device)
         self.device = self.info.device
         self.progress = progress and self.info.is_main
@@ -367,11 +381,25 @@ class Engine:
             first.setdefault("resumes", []).append(env["resumed_from"])
             atomic_write_bytes(self.run_dir / "env.json", (json.dumps(first, indent=2) + "\n").encode())
 
+    def _open_loggers(self, resumed_from: Path | None) -> None:
+        if not self.info.is_main:
+            return
+        self._loggers = [*open_loggers(self.cfg.train.loggers, self.run_dir, self.csv_fields(),
+                                       None if resumed_from is None else self.global_step),
+                         *self.extra_loggers]
+
+    def _close_loggers(self) -> None:
+        loggers, self._loggers = self._loggers, []
+        for lg in loggers:
+            lg.close()
+
     def _append_row(self, row: dict[str, Any]) -> None:
         if not self.info.is_main:
             return
         from .curves import plot_training_curves
-        append_csv_row(self.run_dir / "metrics.csv", row, self.csv_fields())
+        record = {k: row.get(k, "") for k in self.csv_fields()}   # metrics.csv's columns
+        for lg in self._loggers:
+            lg.log_row(dict(record), int(row["step"]))
         plot_training_curves(self.run_dir / "metrics.csv", self.run_dir / "curve.png",
                              log_loss=self.task.log_loss_axis)
 
@@ -405,15 +433,24 @@ class Engine:
 
     # -- the run ----------------------------------------------------------------------------
     def fit(self, resume: bool = True) -> FitResult:
-        from tqdm.auto import tqdm
-
-        cfg, task = self.cfg, self.task
+        task = self.task
         task.before_fit()
         resumed_from = self.resume() if resume else None
         if resumed_from is not None and self.progress:
             print(f"resuming from {resumed_from} (epoch {self.epoch}, batch {self.batch_in_epoch}, "
                   f"step {self.global_step})", file=sys.stderr, flush=True)
         self._write_run_files(resumed_from)
+        self._open_loggers(resumed_from)
+        try:
+            return self._train(resumed_from)
+        finally:
+            self._close_loggers()
+
+    def _train(self, resumed_from: Path | None) -> FitResult:
+        """:meth:`fit` after the run folder and the loggers are ready."""
+        from tqdm.auto import tqdm
+
+        cfg, task = self.cfg, self.task
         task.prepare(resumed=resumed_from is not None)
         if (task.validate_at_start and resumed_from is None and self.info.is_main
                 and not (self.run_dir / "metrics.csv").exists()):

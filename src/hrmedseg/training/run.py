@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .config import Config
 from .engine import Engine
 from .tasks import build_task
 from .tasks.base import Task
+from .loggers import RunLogger
 from .tasks.segment import build_model
 
 __all__ = ["TrainResult", "build_model", "train"]
@@ -37,11 +38,13 @@ class TrainResult(dict):
 
 
 def train(cfg: Config, resume: bool = True, task: Task | None = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, loggers: Sequence[RunLogger] = ()) -> TrainResult:
     """Run (or continue) the training ``cfg`` describes; ``task`` replaces the one built from
-    the config (e.g. a task given a teacher or a model in memory)."""
+    the config (e.g. a task given a teacher or a model in memory); ``loggers`` (objects with
+    ``log_row(row, step)`` and ``close()``) receive every ``metrics.csv`` row beside those
+    ``train.loggers`` names (:mod:`hrmedseg.training.loggers`)."""
     task = task if task is not None else build_task(cfg)
-    engine = Engine(cfg, task, progress=progress)
+    engine = Engine(cfg, task, progress=progress, loggers=loggers)
     try:
         result = engine.fit(resume=resume)
         summary = TrainResult(
