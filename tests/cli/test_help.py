@@ -45,9 +45,8 @@ BATCH_VERB_ARGV = {
 }
 
 
-def test_every_verb_is_covered():
-    assert len(VERBS) == 14 and {"train", "distill", "train-esp", "compare", "zeroshot",
-                                 "reproduce"} <= set(VERBS)
+def test_training_verbs_are_checked_too():
+    assert {"train", "distill", "train-esp", "compare", "zeroshot", "reproduce"} <= set(VERBS)
 
 
 @pytest.mark.parametrize("verb", sorted(BATCH_VERB_ARGV))
