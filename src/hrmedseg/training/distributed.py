@@ -29,15 +29,21 @@ def init_distributed(device: str = "auto") -> DistInfo:
 
     NCCL on CUDA, gloo on CPU. A single process needs no process group.
     """
-    want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if want_cuda and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda asked for, but no CUDA device is available")
+    from ..devices import parse_device
+    from ..errors import HrmedsegError
+    wanted = parse_device(device)          # one-line error for a malformed or missing device
+    if wanted.type not in ("cuda", "cpu"):
+        raise HrmedsegError(f"train.device={device}: training runs on cuda or cpu")
+    want_cuda = wanted.type == "cuda"
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if want_cuda:
-        torch.cuda.set_device(local)
-        dev = torch.device("cuda", local)
+        # Under torchrun each process takes the GPU of its local rank; a single process takes
+        # the one named (cuda:N), else the first.
+        index = local if world > 1 else (wanted.index or 0)
+        torch.cuda.set_device(index)
+        dev = torch.device("cuda", index)
     else:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
