@@ -30,6 +30,13 @@ def test_run_keeps_its_split_and_evaluate_uses_it(tiny_dataset, tmp_path, capsys
     evaluated = [r["stem"] for r in csv.DictReader(open(tmp_path / "ev" / "per_image.csv"))]
     trained = [r["stem"] for r in csv.DictReader(open(out / "test" / "per_image.csv"))]
     assert sorted(evaluated) == sorted(trained) == sorted(sp["test"])
+    # predict on the same run and folder with --split test: exactly those images, scored
+    capsys.readouterr()
+    assert main(["predict", str(out), str(tiny_dataset), "--split", "test",
+                 "-o", str(tmp_path / "pr"), "--device", "cpu", "--no-overlay"]) == 0
+    predicted = sorted(p.name[:-len("_mask.png")] for p in (tmp_path / "pr").glob("*_mask.png"))
+    assert predicted == sorted(sp["test"])
+    assert capsys.readouterr().out.count("Dice") == len(sp["test"])
 
 
 def test_resume_between_last_batch_and_validation_writes_no_zero_row(tiny_dataset, tmp_path,

@@ -57,12 +57,19 @@ def add_batch_size(p: argparse.ArgumentParser, default: int, help: str = "images
     p.add_argument("--batch", dest=dest, type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
-def samples_for_split(data: str, split: str, splits: str | None) -> tuple[Any, list[Any]]:
-    """The dataset index of ``data`` and its samples of ``split`` ('all' = every pair)."""
+def samples_for_split(data: str, split: str, splits: str | None, model: str | None = None
+                      ) -> tuple[Any, list[Any]]:
+    """The dataset index of ``data`` and its samples of ``split`` ('all' = every pair): from
+    ``splits`` or ``DATA/splits.json``; where there is neither and ``model`` is a run folder, the
+    split that run drew (``RUN/splits.json``)."""
     from ..data.datasets import discover_pairs
     from ..data.splits import load_splits
     from ..errors import UserError
 
+    drawn = _run_split_samples(model, data, split) \
+        if model and split != "all" and not splits and not (Path(data) / "splits.json").is_file() else None
+    if drawn is not None:
+        return drawn
     try:
         index = discover_pairs(data)
     except ValueError as exc:  # not a dataset layout: the message says what was expected
@@ -77,6 +84,22 @@ def samples_for_split(data: str, split: str, splits: str | None) -> tuple[Any, l
             raise FileNotFoundError(f"{sp}: no splits file; pass --splits or --split all")
         samples = index.subset(list(load_splits(sp)[split]))
     return index, samples
+
+
+def _run_split_samples(model: str, data: str, split: str) -> tuple[Any, list[Any]] | None:
+    """The samples of ``split`` that the run folder ``model`` drew on ``data`` (None: not a run)."""
+    from ..data.datasets import discover_pairs
+    from ..errors import UserError
+    from ..training.data_setup import run_splits
+    if not Path(model).is_dir():
+        return None
+    drawn = run_splits(model, data)
+    if drawn is None:
+        return None
+    if split not in drawn:
+        raise UserError(f"{model}: the run drew train/val/test, not {split!r}")
+    index = discover_pairs(data)
+    return index, index.subset(drawn[split])
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:

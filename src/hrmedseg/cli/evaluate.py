@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     args.device = device_arg(args.device)
     if _is_volume_dataset(Path(args.data)):
         return _run_volumes(args)
-    index, samples = _run_split_samples(args) or samples_for_split(args.data, args.split, args.splits)
+    index, samples = samples_for_split(args.data, args.split, args.splits, model=args.model)
     size = None if not args.size else (args.size * 2 if len(args.size) == 1 else args.size)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return _run_sharded(args, samples, size, index.class_names)
@@ -69,24 +69,6 @@ def run(args: argparse.Namespace) -> int:
     print(format_summary(res, "original_resolution"))
     print(f"wrote {args.out / 'per_image.csv'} and {args.out / 'summary.json'}")
     return 0
-
-
-def _run_split_samples(args: argparse.Namespace) -> tuple[Any, list] | None:
-    """MODEL is a run folder and DATA has no splits file: the split that run drew."""
-    if args.split == "all" or args.splits or (Path(args.data) / "splits.json").is_file():
-        return None
-    from ..data.datasets import discover_pairs
-    from ..training.data_setup import run_splits
-    from ..errors import UserError
-    if not Path(args.model).is_dir():
-        return None
-    drawn = run_splits(args.model, args.data)
-    if drawn is None:
-        return None
-    if args.split not in drawn:
-        raise UserError(f"{args.model}: the run drew train/val/test, not {args.split!r}")
-    index = discover_pairs(args.data)
-    return index, index.subset(drawn[args.split])
 
 
 # ---------------------------------------------------------------------------------------------

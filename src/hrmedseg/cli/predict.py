@@ -25,6 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", action="store_true",
                    help="use the CC0 DSB-2018 sample images shipped in the package (with their masks as --gt)")
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    p.add_argument("--split", help="with one dataset folder (images/ + masks/) as input: only the "
+                                   "images of this split (DATA/splits.json, else the split the run "
+                                   "folder MODEL drew), scored against their masks")
     add_device_argument(p)
     p.add_argument("--size", type=int, nargs="+", help="model input size (default: as trained)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
@@ -89,6 +92,20 @@ def _collect_kinds(inputs: list[str]) -> list[tuple[Path, str]]:
     return files
 
 
+def _split_inputs(args: argparse.Namespace) -> list[tuple[Path, str]]:
+    """``--split``: the images of that split of the one dataset folder given; their masks are the
+    ground truth."""
+    from ..errors import UserError
+    from ._common import samples_for_split
+    if len(args.inputs) != 1 or not Path(args.inputs[0]).is_dir():
+        raise UserError("--split needs exactly one dataset folder (images/ + masks/) as input")
+    _, samples = samples_for_split(args.inputs[0], args.split, None, model=args.model)
+    if args.gt is None:
+        masks = {Path(s.mask_path).parent for s in samples}
+        args.gt = masks.pop() if len(masks) == 1 else None
+    return [(Path(s.image_path), "image") for s in samples]
+
+
 def shard(items: list, env: dict | None = None) -> list:
     """Under torchrun (``WORLD_SIZE`` > 1) the items of this rank, ``items[RANK::WORLD_SIZE]``."""
     import os
@@ -139,7 +156,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.inputs:
         raise FileNotFoundError("no inputs: give image files/folders, or --samples")
     args.device = device_arg(args.device)
-    all_kinds = _collect_kinds(args.inputs)
+    if args.split:
+        all_kinds = _split_inputs(args)
+    else:
+        all_kinds = _collect_kinds(args.inputs)
     single = sum(k == "image" for _, k in all_kinds) == 1
     kinds = shard(all_kinds)
     files = [f for f, k in kinds if k == "image"]
