@@ -8,10 +8,11 @@ import sys
 import pytest
 
 from hrmedseg._optional import MissingExtraError
+from hrmedseg.cli.main import main
 from hrmedseg.training.config import ConfigError, load_config
 from hrmedseg.training.run import train
 
-from _trainutils import TINY_OVERRIDES, make_dataset
+from _trainutils import TINY_OVERRIDES, make_dataset, tiny_args
 
 
 def _cfg(tmp_path, out="run", *extra):
@@ -67,6 +68,7 @@ def _column(rows, tag):
 
 
 def test_tensorboard_scalars_equal_metrics_csv_and_a_resume_adds_no_duplicates(tmp_path):
+    pytest.importorskip("tensorboard")
     from torch.utils.tensorboard import SummaryWriter
     run = tmp_path / "run"
     train(_cfg(tmp_path, "run", "train.loggers=[csv, tensorboard]", "train.epochs=1"),
@@ -104,3 +106,13 @@ def test_missing_tensorboard_names_the_extra_before_the_run_folder_exists(tmp_pa
     assert "\n" not in msg and "'tensorboard'" in msg and 'hrmedseg[train]' in msg
     assert "TensorBoard logging" in msg
     assert not (tmp_path / "run").exists()
+
+
+def test_cli_without_tensorboard_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
+    data = make_dataset(tmp_path / "ds", n=10)
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    out = tmp_path / "run"
+    assert main(tiny_args(data, out, extra=["train.loggers=[csv, tensorboard]"])) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'pip install "hrmedseg[train]"' in err, err
+    assert not out.exists()

@@ -126,7 +126,7 @@ class TrainConfig:
     compile_mode: str = "default"     # default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
     eval_test: bool = True            # evaluate the best checkpoint on the test split at the end
     device: str = "auto"              # auto | cpu | cuda
-    # where each metrics.csv row also goes: csv (metrics.csv, always) | tensorboard (RUN/tensorboard/)
+    # where each epoch's row goes: csv (metrics.csv, required) | tensorboard (RUN/tensorboard/)
     loggers: list[str] = field(default_factory=lambda: ["csv"])
 
 
