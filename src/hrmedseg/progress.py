@@ -26,14 +26,14 @@ class PlainProgress:
     def __init__(self, iterable: Iterable[Any] | None = None, *, total: int | None = None,
                  desc: str = "", unit: str = "it", file: TextIO | None = None,
                  interval_s: float = 10.0, step_pct: float = 10.0, disable: bool = False,
-                 clock: Any = time.monotonic) -> None:
+                 clock: Any = time.monotonic, initial: int = 0) -> None:
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
         self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
         self.file = file if file is not None else sys.stderr
         self.interval_s, self.step_pct, self.disable = interval_s, step_pct, disable
         self._clock = clock
-        self.n = 0
+        self.n = self._initial = initial   # a resumed epoch starts at the batch it stopped at
         self._postfix = ""
         self._start = self._last_t = clock()
         self._last_pct = 0.0
@@ -86,7 +86,7 @@ class PlainProgress:
 
     def _emit(self, now: float, final: bool = False) -> None:
         elapsed = max(now - self._start, 1e-9)
-        rate = self.n / elapsed
+        rate = (self.n - self._initial) / elapsed
         parts = [f"{self.desc}: " if self.desc else "", f"{self.n}"]
         if self.total:
             parts.append(f"/{self.total} {self.unit} ({100.0 * self.n / self.total:.0f}%)")
@@ -95,7 +95,7 @@ class PlainProgress:
         parts.append(f", {rate:.3g} {self.unit}/s")
         if final:
             parts.append(f", done in {elapsed:.1f} s")
-        elif self.total and rate > 0:
+        elif self.total and rate > 0 and self.n < self.total:
             parts.append(f", about {(self.total - self.n) / rate:.0f} s left")
         if self._postfix:
             parts.append(f" [{self._postfix}]")
@@ -117,4 +117,5 @@ def progress(iterable: Iterable[Any] | None = None, *, total: int | None = None,
         return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, file=stream,
                     **tqdm_kwargs)
     return PlainProgress(iterable, total=total, desc=desc, unit=unit, file=stream,
-                         interval_s=interval_s, step_pct=step_pct, disable=disable)
+                         interval_s=interval_s, step_pct=step_pct, disable=disable,
+                         initial=int(tqdm_kwargs.get("initial", 0)))
