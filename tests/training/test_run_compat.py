@@ -55,7 +55,16 @@ def test_old_run_resumes_one_more_epoch_and_evaluates(old_run, tmp_path, capsys)
     # the training time of the earlier run is carried on (the budget counts it)
     assert after["elapsed_s"] > before["elapsed_s"]
     rows = _rows(run / "metrics.csv")
-    assert rows[:2] == old_rows and rows[2]["epoch"] == "3" and rows[2]["step"] == "6"
+    # the old run logged validation scores in percent; they are fractions now, like the new row
+    for got, old in zip(rows[:2], old_rows):
+        for key, value in old.items():
+            if key.startswith(("val_dice", "val_iou")):
+                assert float(got[key]) == pytest.approx(float(value) / 100, abs=1e-6), key
+            else:
+                assert got[key] == value, key
+    assert 0 <= float(rows[2]["val_dice"]) <= 1
+    assert after["best"] == pytest.approx(max(float(r["val_dice"]) for r in rows), abs=1e-6)
+    assert rows[2]["epoch"] == "3" and rows[2]["step"] == "6"
     assert float(rows[2]["train_loss"]) > 0 and float(rows[2]["train_images_per_s"]) > 0
     assert json.loads((run / "env.json").read_text())["resumed"] is True
     # the resumed weights moved on from the old ones

@@ -25,6 +25,8 @@ rule for every task:
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import math
 import os
@@ -210,6 +212,7 @@ class Engine:
             "world_size": self.info.world_size, "global_batch": self.cfg.train.batch_size,
             "elapsed_s": self._elapsed(), "task": self.cfg.task, "fingerprint": self._fingerprint(),
             "epoch_progress": self._acc_state(),
+            "score_units": "fraction",
         }
         if torch.cuda.is_available():
             st["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -251,6 +254,8 @@ class Engine:
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
         self.global_step = int(state["global_step"])
         self.best = state.get("best", state.get(f"best_{self.task.monitor}"))
+        if state.get("score_units") != "fraction":
+            self._scores_to_fractions()
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
         prog = state.get("epoch_progress")
         if prog and self.batch_in_epoch > 0:
@@ -403,6 +408,28 @@ class Engine:
         plot_training_curves(self.run_dir / "metrics.csv", self.run_dir / "curve.png",
                              log_loss=self.task.log_loss_axis)
 
+    def _scores_to_fractions(self) -> None:
+        """A run folder written when validation Dice/IoU were logged in percent: its best value
+        and the score columns of its metrics.csv become fractions, as every file now holds."""
+        from ..atomic import atomic_write_bytes
+        if self.best is not None and self.task.monitor.startswith(SCORE_PREFIXES):
+            self.best = self.best / 100.0
+        csv_path = self.run_dir / "metrics.csv"
+        if not (self.info.is_main and csv_path.is_file()):
+            return
+        with open(csv_path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            fields, rows = list(reader.fieldnames or []), list(reader)
+        for r in rows:
+            for k in fields:
+                if k.startswith(SCORE_PREFIXES) and r.get(k) not in (None, ""):
+                    r[k] = str(round(float(r[k]) / 100.0, self.task.round_digits))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_bytes(csv_path, buf.getvalue().encode())
+
     def _improved(self, vals: dict[str, float]) -> bool:
         m = self.task.monitor
         if m not in vals:
@@ -448,7 +475,7 @@ class Engine:
 
     def _train(self, resumed_from: Path | None) -> FitResult:
         """:meth:`fit` after the run folder and the loggers are ready."""
-        from tqdm.auto import tqdm
+        from ..progress import progress
 
         cfg, task = self.cfg, self.task
         task.prepare(resumed=resumed_from is not None)
@@ -481,7 +508,7 @@ class Engine:
             window: dict[str, torch.Tensor] = {}
             wcount: dict[str, int] = {}
             in_window, shown, lr = 0, "…", self.opt.param_groups[0]["lr"]
-            bar = tqdm(total=per_epoch, initial=self.batch_in_epoch, unit="batch",
+            bar = progress(total=per_epoch, initial=self.batch_in_epoch, unit="batch",
                        desc=f"{task.name} {self.epoch + 1}/{cfg.train.epochs}",
                        disable=not self.progress, dynamic_ncols=True, file=sys.stderr)
 
@@ -554,7 +581,7 @@ class Engine:
                 row["epoch_time_s"] = round(time.monotonic() - t0, 2)
                 self._append_row(row)
                 if self.progress:
-                    msg = ", ".join(f"{k}={v}" for k, v in row.items() if v != "")
+                    msg = ", ".join(f"{k}={_console(k, v)}" for k, v in row.items() if v != "")
                     print(f"[{task.name} epoch {self.epoch}] {msg}", file=sys.stderr, flush=True)
             elif why == "time_limit" and self.global_step > steps_at_start:
                 # The budget ran out mid-epoch: score those steps too, so the best weights
@@ -594,3 +621,14 @@ class Engine:
     def close(self) -> None:
         self.task.close()
         cleanup(self.info)
+
+
+# Validation Dice/IoU columns: fractions in files, percent on the console.
+SCORE_PREFIXES = ("val_dice", "val_iou")
+
+
+def _console(key: str, value: Any) -> Any:
+    """A metrics row's value as the console shows it (scores in percent)."""
+    if key.startswith(SCORE_PREFIXES) and isinstance(value, float):
+        return f"{100 * value:.2f}%"
+    return value

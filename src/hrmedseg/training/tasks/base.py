@@ -18,7 +18,7 @@ class Task:
     # loss term -> metrics.csv column; "total" (train_loss) is the one that is optimised
     loss_fields: dict[str, str] = {"total": "train_loss"}
     validate_at_start = False       # a row "epoch 0" before the first step
-    round_digits = 4
+    round_digits = 6
     log_loss_axis = False           # curve.png: losses on a log scale
     model: nn.Module
     net: nn.Module | None = None    # the module the steps call (e.g. DDP-wrapped); None: model

@@ -596,8 +596,8 @@ class ESPTask(Task):
                                           b["mask"].to(self.device).long(), 1)
                 d_sum += d.sum().item()
                 i_sum += i.sum().item()
-            out[f"val_dice/{part.spec.name}"] = 100 * d_sum / len(ds)
-            out[f"val_iou/{part.spec.name}"] = 100 * i_sum / len(ds)
+            out[f"val_dice/{part.spec.name}"] = d_sum / len(ds)
+            out[f"val_iou/{part.spec.name}"] = i_sum / len(ds)
             dices.append(out[f"val_dice/{part.spec.name}"])
             ious.append(out[f"val_iou/{part.spec.name}"])
         if dices:

@@ -278,8 +278,8 @@ class SegmentTask(Task):
                                  dtype=torch.float64, device=self.device)
         sums = all_reduce_sum(sums, info)
         n = max(1.0, sums[3].item())
-        return {"val_loss": sums[0].item() / n, "val_dice": 100 * sums[1].item() / n,
-                "val_iou": 100 * sums[2].item() / n}
+        return {"val_loss": sums[0].item() / n, "val_dice": sums[1].item() / n,
+                "val_iou": sums[2].item() / n}
 
     # -- run files --------------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
