@@ -1,7 +1,8 @@
 """What a task tells the training engine: its model, batches, losses and validation."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -83,3 +84,16 @@ class Task:
 
     def close(self) -> None:
         pass
+
+
+@contextlib.contextmanager
+def probing(model: nn.Module) -> Iterator[None]:
+    """A forward pass to check shapes before training: eval mode, no gradients, the model's
+    training mode restored afterwards."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was)

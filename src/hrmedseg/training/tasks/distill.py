@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config, ConfigError, resolve_workers
-from .base import Task
+from .base import Task, probing
 
 __all__ = ["DistillTask", "TeacherCache", "find_images", "split_images", "build_teacher",
            "augment_view", "CACHE_VERSION"]
@@ -392,12 +392,9 @@ class DistillTask(Task):
         """The student's embedding must have the teacher's shape at SIZE²."""
         s = self.size
         x = torch.zeros(1, 3, s, s, device=self.device)
-        was = self.model.training
-        self.model.eval()
-        with torch.no_grad():
+        with probing(self.model):
             st = tuple(self.model.forward_embedding(x).shape[1:])
             te = tuple(self.teacher.image_encoder(x).shape[1:])
-        self.model.train(was)
         if st != te:
             raise ValueError(f"student embedding {st} does not match the teacher's {te} at {s}²"
                              f" (neck_dim must equal the teacher's channels)")

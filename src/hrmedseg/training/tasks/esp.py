@@ -88,7 +88,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import Config, ConfigError, resolve_workers
 from ..engine import worker_init
-from .base import Task
+from .base import Task, probing
 
 __all__ = ["ESPDataset", "ESPTask", "EmbeddingTeacher", "load_teacher", "mmdkd_mse"]
 
@@ -433,9 +433,7 @@ class ESPTask(Task):
         """The teachers' embeddings must have the student's shape at SIZE²."""
         s = self.size
         x = torch.zeros(1, 3, s, s, device=self.device)
-        was = self.model.training
-        self.model.eval()
-        with torch.no_grad():
+        with probing(self.model):
             want = tuple(self.model.image_embeddings(x, None).shape[1:])
             for role, t, n in (("teacher", self.teacher, None),
                                ("medical teacher", self.medical_teacher, self.parts[0].spec.modality)):
@@ -445,7 +443,6 @@ class ESPTask(Task):
                 if got != want:
                     raise ValueError(f"{role} ({t.source}) gives embeddings of shape {got} at "
                                      f"{s}², the student {want}: they must match")
-        self.model.train(was)
 
     def prepare(self, resumed: bool) -> None:
         if self.engine.info.is_main:
