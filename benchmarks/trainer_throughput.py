@@ -9,7 +9,10 @@ The arguments after ``--`` are `hrmedseg train` overrides; the run goes to ``--r
 temporary folder by default). The trainer's rate is ``train_images_per_s`` of each epoch in the
 run's metrics.csv (training time only); the first epoch, which includes compiling and cache
 building, is reported but not in the median. The bare step is the same model, size, batch and
-precision on random data: forward, Dice + BCE, backward, AdamW, eager.
+precision on random data: forward, Dice + BCE, backward, AdamW, compiled as the trainer was
+(``train.compile``/``train.compile_mode``) or eager. Top-level fields: ``trainer_images_per_s``,
+``bare_step_images_per_s``, ``trainer_over_bare_step``, ``peak_gb_per_image`` (the trainer's
+largest per-epoch peak allocated memory over the batch; CUDA only), device, date, commit.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import log, make_loss  # noqa: E402
 
+from hrmedseg.compiling import uses_cudagraphs  # noqa: E402
 from hrmedseg.models import create_model  # noqa: E402
 from hrmedseg.profiling.speed import (make_train_step, measure_call, pick_device,  # noqa: E402
                                       random_blob_mask, result_header, write_result)
@@ -48,11 +52,13 @@ def run_trainer(data: str, run_dir: Path, overrides: list[str]) -> dict[str, Any
                          + (proc.stderr.strip().splitlines() or ["no output"])[-1])
     with open(run_dir / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
-    rates = [float(r["train_images_per_s"]) for r in rows]
+    rates = [float(r["train_images_per_s"]) for r in rows if r.get("train_images_per_s")]
+    peaks = [float(r["peak_mem_gb"]) for r in rows if r.get("peak_mem_gb")]
     steady = rates[1:] or rates
     return {"command": "hrmedseg " + " ".join(cmd[3:]), "epochs": len(rates),
             "train_images_per_s_by_epoch": rates,
             "train_images_per_s_median_after_first": statistics.median(steady),
+            "peak_mem_gb_by_epoch": peaks,
             "config": yaml.safe_load((run_dir / "config.yaml").read_text())}
 
 
@@ -67,11 +73,16 @@ def bare_step(cfg: dict[str, Any], dev: torch.device, warmup: int, reps: int) ->
     x = torch.randn(b, 3, h, w, generator=torch.Generator().manual_seed(0)).to(dev)
     target = random_blob_mask(b, h, w, dev, 1)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    step = make_train_step(model, opt, x, target, AMP[t["precision"]], make_loss())
+    mode = t.get("compile_mode") or "default"
+    compiled = bool(t.get("compile"))
+    net = torch.compile(model, mode=mode) if compiled else model
+    step = make_train_step(net, opt, x, target, AMP[t["precision"]], make_loss(),
+                           mark_cudagraph_step=compiled and uses_cudagraphs(mode))
     row = measure_call(step, dev, b, warmup, reps)
     return {"images_per_s": row["images_per_s"], "ms_median": row["ms_median"],
             "peak_mem_per_image_gb": row["peak_mem_per_image_gb"], "batch": b, "size": [h, w],
-            "precision": t["precision"], "grad_checkpointing": bool(m.get("grad_checkpointing"))}
+            "precision": t["precision"], "grad_checkpointing": bool(m.get("grad_checkpointing")),
+            "compile": mode if compiled else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,8 +105,15 @@ def main(argv: list[str] | None = None) -> int:
         trainer = run_trainer(args.data, run_dir, overrides)
     result["trainer"] = trainer
     result["bare_step"] = bare_step(trainer["config"], dev, args.warmup, args.reps)
-    result["trainer_over_bare_step"] = (trainer["train_images_per_s_median_after_first"]
-                                        / result["bare_step"]["images_per_s"])
+    batch = int(trainer["config"]["train"]["batch_size"])
+    result.update({
+        "trainer_images_per_s": trainer["train_images_per_s_median_after_first"],
+        "bare_step_images_per_s": result["bare_step"]["images_per_s"],
+        "trainer_over_bare_step": (trainer["train_images_per_s_median_after_first"]
+                                   / result["bare_step"]["images_per_s"]),
+        "peak_gb_per_image": (max(trainer["peak_mem_gb_by_epoch"]) / batch
+                              if trainer["peak_mem_gb_by_epoch"] else None),
+    })
     write_result(args.output, result)
     log(TAG, f"trainer {trainer['train_images_per_s_median_after_first']:.1f} img/s, bare step "
              f"{result['bare_step']['images_per_s']:.1f} img/s: {args.output}")

@@ -23,3 +23,6 @@ def test_trainer_and_bare_step_rates(tmp_path, load_benchmark, monkeypatch, toy_
     assert bare["batch"] == 2 and bare["size"] == [32, 32] and bare["precision"] == "fp32"
     assert r["trainer_over_bare_step"] == pytest.approx(
         tr["train_images_per_s_median_after_first"] / bare["images_per_s"])
+    assert r["trainer_images_per_s"] == tr["train_images_per_s_median_after_first"]
+    assert r["bare_step_images_per_s"] == bare["images_per_s"] and bare["compile"] is None
+    assert r["peak_gb_per_image"] is None        # CPU: no allocator peak to report
