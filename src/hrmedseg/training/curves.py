@@ -47,6 +47,8 @@ def plot_training_curves(csv_path: Path, png_path: Path, log_loss: bool = False)
         if name.startswith("val_") and not any(w in name for w in LOSS_WORDS) \
                 and not name.startswith("val_iou/"):
             x, y = col(name)
+            if name.startswith(("val_dice", "val_iou")):
+                y = [100 * v for v in y]     # fractions in metrics.csv, percent on the picture
             if x:
                 ax2.plot(x, y, "--" if "/" in name else "-", marker="o", ms=2.5,
                          label=name.replace("_", " ") + " (%)")
@@ -57,6 +59,10 @@ def plot_training_curves(csv_path: Path, png_path: Path, log_loss: bool = False)
     else:
         ax2.text(0.5, 0.5, "no validation score", ha="center", va="center", transform=ax2.transAxes)
     ax2.grid(alpha=0.3)
+    if all(float(r["epoch"]).is_integer() for r in rows):
+        from matplotlib.ticker import MaxNLocator
+        for ax in (ax1, ax2):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(Path(csv_path).parent.name)
     fig.tight_layout()
     buf = io.BytesIO()
