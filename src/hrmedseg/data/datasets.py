@@ -30,6 +30,7 @@ from .._optional import require
 from ..atomic import atomic_write_bytes
 from .io import (
     ImageReadError,
+    NormMode,
     is_image_file,
     is_lossy,
     mask_to_labels,
@@ -920,7 +921,7 @@ class SegmentationDataset(Dataset):
         cache: PreResizeCache | None = None,
         on_error: Literal["raise", "skip"] = "raise",
         *,
-        normalization: Literal["imagenet", "minmax", "none"] = "imagenet",
+        normalization: NormMode = "imagenet",
         scaling: Literal["dtype", "percentile"] = "dtype",
         ignore_index: int | None = None,
         mask_threshold: float | None = None,

@@ -10,26 +10,17 @@ The result equals the CPU path ``normalize(to_model_channels(img, C), mode)`` to
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
-
 import numpy as np
 import torch
 
-from .io import IMAGENET_MEAN, IMAGENET_STD
+from .io import NormMode, imagenet_stats
 
 __all__ = ["normalize_batch", "normalize_unit_batch"]
 
 
-def _stats(c: int, given: Sequence[float] | None, default: Sequence[float]) -> np.ndarray:
-    # The same float32 constants as hrmedseg.data.io.normalize builds.
-    if given is not None:
-        return np.asarray(given, np.float32).reshape(-1)
-    return np.asarray(default if c == 3 else [np.mean(default)] * c, np.float32)
-
-
 def normalize_batch(
     images_uint8: torch.Tensor,
-    mode: Literal["imagenet", "minmax", "none"] = "imagenet",
+    mode: NormMode = "imagenet",
     *,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -52,7 +43,7 @@ def normalize_batch(
 
 def normalize_unit_batch(
     images: torch.Tensor,
-    mode: Literal["imagenet", "minmax", "none"] = "imagenet",
+    mode: NormMode = "imagenet",
     *,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -82,8 +73,7 @@ def _normalize_unit(x: torch.Tensor, mode: str, mean: Sequence[float] | None,
         return x
     if mode == "imagenet":
         c = x.shape[1]
-        m = torch.from_numpy(_stats(c, mean, IMAGENET_MEAN)).to(x.device)
-        s = torch.from_numpy(_stats(c, std, IMAGENET_STD)).to(x.device)
+        m, s = (torch.from_numpy(v.reshape(-1)).to(x.device) for v in imagenet_stats(c, mean, std))
         if m.numel() not in (1, c) or s.numel() not in (1, c):
             raise ValueError(f"mean/std have {m.numel()}/{s.numel()} values for {c} channels")
         x.sub_(m.view(1, -1, 1, 1)).div_(s.view(1, -1, 1, 1))

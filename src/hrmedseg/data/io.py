@@ -34,7 +34,7 @@ from ..errors import HrmedsegError
 __all__ = [
     "opencv_fork_safe", "IMAGE_EXTENSIONS", "LOSSY_EXTENSIONS", "MAX_PIXELS", "IMAGENET_MEAN", "IMAGENET_STD",
     "ImageReadError", "split_ext", "is_image_file", "is_lossy", "read_image", "read_mask",
-    "mask_to_labels", "to_model_channels", "normalize", "write_mask_png", "write_image_png",
+    "mask_to_labels", "to_model_channels", "NormMode", "imagenet_stats", "normalize", "write_mask_png", "write_image_png",
     "overlay", "class_palette",
 ]
 
@@ -56,6 +56,8 @@ MAX_PIXELS: int = 1 << 31
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+NormMode = Literal["imagenet", "minmax", "none"]
 
 
 class ImageReadError(HrmedsegError, ValueError):
@@ -582,9 +584,19 @@ def to_model_channels(
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
+def imagenet_stats(c: int, mean: Sequence[float] | None = None,
+                   std: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The float32 mean and std ``"imagenet"`` normalisation uses for ``c`` channels: ``mean``/``std``
+    if given, else ImageNet's for 3 channels and their averages repeated for other channel counts."""
+    def pick(given: Sequence[float] | None, default: Sequence[float]) -> np.ndarray:
+        return np.asarray(given if given is not None else (default if c == 3 else [np.mean(default)] * c),
+                          np.float32)
+    return pick(mean, IMAGENET_MEAN), pick(std, IMAGENET_STD)
+
+
 def normalize(
     img: np.ndarray,
-    mode: Literal["imagenet", "minmax", "none"] = "imagenet",
+    mode: NormMode = "imagenet",
     *,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -605,8 +617,7 @@ def normalize(
         return (x - np.float32(lo)) * np.float32(1.0 / (hi - lo))
     if mode == "imagenet":
         c = x.shape[2] if x.ndim == 3 else 1
-        m = np.asarray(mean if mean is not None else (IMAGENET_MEAN if c == 3 else [np.mean(IMAGENET_MEAN)] * c), np.float32)
-        s = np.asarray(std if std is not None else (IMAGENET_STD if c == 3 else [np.mean(IMAGENET_STD)] * c), np.float32)
+        m, s = imagenet_stats(c, mean, std)
         if x.ndim == 2:
             m, s = m.reshape(()), s.reshape(())
         return (x - m) / s
