@@ -697,8 +697,11 @@ def label_value_problem(labels: np.ndarray | Sequence[int], num_classes: int,
     its distinct values. Binary models (``num_classes`` 1 or 2) take {0, 1}; others 0..K-1;
     ``ignore_index`` is allowed besides.
     """
-    values = np.unique(np.asarray(labels))
+    arr = np.asarray(labels)
     limit = 2 if num_classes <= 2 else num_classes
+    if not arr.size or (arr.min() >= 0 and arr.max() < limit):
+        return None   # the common case, without sorting a whole mask for its distinct values
+    values = np.unique(arr)
     bad = values[(values < 0) | (values >= limit)]
     if ignore_index is not None:
         bad = bad[bad != ignore_index]
@@ -799,7 +802,7 @@ def _build_cache(samples: Sequence[Sample], hw: tuple[int, int], cdir: Path, num
             e = entries[s.stem]
             values = e.get("labels")
             if values is None:
-                values = np.unique(np.load(cdir / e["mask_file"], mmap_mode="r"))
+                values = np.load(cdir / e["mask_file"], mmap_mode="r")
             if not labels_ok(s, values):
                 entries.pop(s.stem)
 
