@@ -786,7 +786,10 @@ def _build_cache(samples: Sequence[Sample], hw: tuple[int, int], cdir: Path, num
         except OSError:
             return False
 
-    todo = [s for s in samples if not fresh(s)]
+    reused: list[Sample] = []
+    todo: list[Sample] = []
+    for s in samples:
+        (reused if fresh(s) else todo).append(s)
 
     def labels_ok(s: Sample, values: Any) -> bool:
         problem = None if num_classes is None else label_value_problem(values, num_classes, ignore_index)
@@ -798,7 +801,7 @@ def _build_cache(samples: Sequence[Sample], hw: tuple[int, int], cdir: Path, num
         return False
 
     if num_classes is not None:   # reused entries were cached without knowing the model
-        for s in [s for s in samples if s.stem in entries and fresh(s)]:
+        for s in reused:
             e = entries[s.stem]
             values = e.get("labels")
             if values is None:
