@@ -54,7 +54,7 @@ from ..atomic import atomic_write_bytes
 from ..data.datasets import discover_pairs
 from ..provenance import source_commit
 from ..training.checkpoint import find_checkpoint, load_state
-from ..training.config import Config, ConfigError, load_config, parse_override
+from ..training.config import Config, ConfigError, load_config
 from ..training.run import train
 from ..training.tasks.esp import NORMALIZE as ESP_NORMALIZE
 
@@ -264,19 +264,6 @@ def _flatten(obj: Any, data: dict[str, Any], prefix: str = "") -> list[str]:
             out += _flatten(current, value, f"{prefix}{key}.")
         else:
             out.append(f"{prefix}{key}={json.dumps(value)}")
-    return out
-
-
-def _apply_dotted(data: dict[str, Any], overrides: list[str], where: str) -> dict[str, Any]:
-    out = json.loads(json.dumps(data))
-    for text in overrides:
-        keys, value = parse_override(text)
-        cur = out
-        for k in keys[:-1]:
-            if not isinstance(cur.setdefault(k, {}), dict):
-                raise ReproduceError(f"{where}: override {text!r} goes into a non-mapping")
-            cur = cur[k]
-        cur[keys[-1]] = value
     return out
 
 
