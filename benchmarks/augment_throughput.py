@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from hrmedseg.atomic import atomic_write_bytes
 from hrmedseg.data.augment import BatchAugment, item_seed
 from hrmedseg.data.transforms import train_transform
 from hrmedseg.provenance import source_commit
@@ -124,10 +125,7 @@ def main() -> int:
                        "images_per_s": {p: round(item_rate(p, args.item_size, args.seconds), 1) for p in POLICIES}}
     out["commit"] = commit
     out["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    tmp.replace(args.out)
+    atomic_write_bytes(args.out, (json.dumps(out, indent=2) + "\n").encode())
     print(json.dumps(out, indent=2))
     return 0
 
