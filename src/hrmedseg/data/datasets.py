@@ -709,7 +709,7 @@ def label_value_problem(labels: np.ndarray | Sequence[int], num_classes: int,
         return None
     shown = ", ".join(str(int(v)) for v in values[:12]) + (", ..." if values.size > 12 else "")
     if num_classes <= 2:
-        return (f"mask has label values {{{shown}}} but the model is binary: "
+        return (f"mask has label values {{{shown}}} but a binary model takes {{0, 1}}: "
                 "binary mask expected (values 0/1 or 0/255)")
     return f"mask has label values {{{shown}}} but the model has {num_classes} classes (0..{num_classes - 1})"
 
@@ -965,16 +965,9 @@ class SegmentationDataset(Dataset):
         return img, mask, (int(img.shape[0]), int(img.shape[1]))
 
     def _check_labels(self, s: Sample, mask: np.ndarray) -> None:
-        limit = 2 if self.num_classes <= 2 else self.num_classes
-        hi = int(mask.max()) if mask.size else 0
-        if hi < limit:
-            return
-        bad = np.unique(mask[mask >= limit])
-        if self.ignore_index is not None:
-            bad = bad[bad != self.ignore_index]
-        if bad.size:
-            kind = "a binary model expects {0, 1}" if self.num_classes <= 2 else f"num_classes={self.num_classes}"
-            raise ImageReadError(s.mask_path, f"mask has label values {bad[:8].tolist()} but {kind}")
+        problem = label_value_problem(mask, self.num_classes, self.ignore_index)
+        if problem is not None:
+            raise ImageReadError(s.mask_path, problem)
 
     def _uint8_ok(self, img: np.ndarray) -> bool:
         if self.output != "uint8" or img.dtype != np.uint8 or self.scaling != "dtype":
