@@ -17,7 +17,6 @@ no allocator statistic; there the memory column is an *estimate* by PyTorch's ``
 from __future__ import annotations
 
 import datetime as _dt
-import gc
 import json
 import shlex
 import sys
@@ -31,6 +30,7 @@ from ..errors import first_line
 
 from .macs import count_macs
 from .profile import DTYPES, environment, profile_model
+from .speed import free_memory
 
 __all__ = ["BenchmarkRow", "run_benchmark", "write_benchmark", "format_markdown", "plot_benchmark",
            "is_oom", "load_dice", "benchmark_meta"]
@@ -72,10 +72,8 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def _free(device: torch.device) -> None:
-    gc.collect()
+    free_memory(device)
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
 
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..provenance import source_commit
 from .macs import count_macs
+from .speed import autocast_or_none, sync
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -65,11 +66,6 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _simple_loss(logits: torch.Tensor, num_classes: int) -> torch.Tensor:
     # A loss of the training recipe's cost class (sigmoid/softmax + reduction over all
     # pixels); the exact loss barely moves memory compared with the activations.
@@ -85,9 +81,7 @@ def train_step_fn(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
                   amp_dtype: torch.dtype | None, num_classes: int):
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        ctx = (torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype is not None
-               else contextlib.nullcontext())
-        with ctx:
+        with autocast_or_none(x.device, amp_dtype):
             out = model(x)
         loss = _simple_loss(out, num_classes)
         loss.backward()
@@ -98,11 +92,11 @@ def train_step_fn(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
 def _time(fn, device: torch.device, warmup: int, iters: int) -> float:
     for _ in range(warmup):
         fn()
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(iters):
         fn()
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - t0) / iters
 
 
@@ -162,10 +156,10 @@ def profile_model(model_name: str, size: int | tuple[int, int] = 1024, batch: in
     step = train_step_fn(model, opt, x, amp, num_classes)
     if memory and dev.type == "cuda":
         step()  # allocate optimizer state first: the papers' figure includes it
-        _sync(dev)
+        sync(dev)
         torch.cuda.reset_peak_memory_stats(dev)
         step()
-        _sync(dev)
+        sync(dev)
         peak = torch.cuda.max_memory_allocated(dev)
         res.peak_train_mem_bytes = int(peak)
         res.peak_train_mem_per_image_gb = peak / batch / 1e9
