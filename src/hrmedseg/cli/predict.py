@@ -28,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", help="with one dataset folder (images/ + masks/) as input: only the "
                                    "images of this split (DATA/splits.json, else the split the run "
                                    "folder MODEL drew), scored against their masks")
+    p.add_argument("--splits", help="with --split: the splits JSON (default DATA/splits.json)")
     add_device_argument(p)
     p.add_argument("--size", type=int, nargs="+", help="model input size (default: as trained)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
@@ -99,7 +100,7 @@ def _split_inputs(args: argparse.Namespace) -> list[tuple[Path, str]]:
     from ._common import samples_for_split
     if len(args.inputs) != 1 or not Path(args.inputs[0]).is_dir():
         raise UserError("--split needs exactly one dataset folder (images/ + masks/) as input")
-    _, samples = samples_for_split(args.inputs[0], args.split, None, model=args.model)
+    _, samples = samples_for_split(args.inputs[0], args.split, args.splits, model=args.model)
     if args.gt is None:
         masks = {Path(s.mask_path).parent for s in samples}
         args.gt = masks.pop() if len(masks) == 1 else None
