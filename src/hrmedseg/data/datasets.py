@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from .._optional import require
 from ..atomic import atomic_write_bytes
+from .augment import as_hw
 from .io import (
     ImageReadError,
     NormMode,
@@ -597,13 +598,6 @@ CACHE_VERSION = 1
 _MANIFEST = "manifest.json"
 
 
-def _as_hw(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, (int, np.integer)):
-        return int(size), int(size)
-    h, w = size
-    return int(h), int(w)
-
-
 def _signature(paths: Sequence[Path]) -> list[list[Any]]:
     out = []
     for p in paths:
@@ -751,7 +745,7 @@ def build_cache(
     cached entries included), so a mask that does not fit the model is refused with its file
     named before training starts; if the build fails, folders it created are removed again.
     """
-    hw = _as_hw(size)
+    hw = as_hw(size)
     cdir = Path(cache_dir)
     created = _new_dirs(cdir)
     cdir.mkdir(parents=True, exist_ok=True)
