@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from hrmedseg.atomic import atomic_write_bytes
 from hrmedseg.data.augment import BatchAugment, item_seed
 from hrmedseg.data.transforms import train_transform
+from hrmedseg.profiling.speed import sync
 from hrmedseg.provenance import source_commit
 
 POLICIES = ("paper", "strong")
@@ -38,11 +39,6 @@ def natural_batch(b: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     disc = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 4) ** 2).to(torch.uint8)
     return (img * 255).round().to(torch.uint8), disc.expand(b, size, size).contiguous()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def batch_rate(policy: str, device: torch.device, batch: int, size: int, seconds: float) -> float:
@@ -60,12 +56,12 @@ def batch_rate(policy: str, device: torch.device, batch: int, size: int, seconds
 
     for _ in range(3):
         one()
-    _sync(device)
+    sync(device)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds or n < 3:
         one()
         n += 1
-    _sync(device)
+    sync(device)
     return n * batch / (time.perf_counter() - t0)
 
 
