@@ -191,16 +191,12 @@ def _efficiency(cfg: Config, spec: CompareSpec, device: str) -> dict[str, Any]:
                           dtype=dtype, macs=True, memory=on_cuda, speed=on_cuda, **kwargs)
     except Exception as exc:  # noqa: BLE001 - the table still gets its accuracy columns
         out["profile_error"] = first_line(exc)
-        del exc
-        gc.collect()
-        if on_cuda:
-            torch.cuda.empty_cache()
-        return out
-    out.update(params=r.params_total, macs_thop=r.macs_thop, macs_all_ops=r.macs_all_ops,
-               peak_train_mem_per_image_gb=r.peak_train_mem_per_image_gb,
-               train_images_per_s=r.train_images_per_s, profile_batch=batch if on_cuda else None,
-               profile_device=r.env.get("gpu") if on_cuda else None)
-    del r
+    else:
+        out.update(params=r.params_total, macs_thop=r.macs_thop, macs_all_ops=r.macs_all_ops,
+                   peak_train_mem_per_image_gb=r.peak_train_mem_per_image_gb,
+                   train_images_per_s=r.train_images_per_s, profile_batch=batch if on_cuda else None,
+                   profile_device=r.env.get("gpu") if on_cuda else None)
+        del r
     gc.collect()
     if on_cuda:
         torch.cuda.empty_cache()
