@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..models.sam import SamModel
-from ..models.sam_transforms import (EMPTY_LOGIT, BoxesLike, combine_box_masks, flatten_boxes,
+from ..models.sam_transforms import (EMPTY_LOGIT, BoxesLike, combine_box_masks,
                                      postprocess_masks, transform_boxes)
 from .prompts import boxes_from_mask
 
@@ -65,20 +65,8 @@ class SamPredictor:
                 (N_i, K, H, W).
             return_iou: also return the IoU predictions (list of (N_i, K) tensors).
         """
-        model = self.model
-        b = images.shape[0]
         original = (int(images.shape[-2]), int(images.shape[-1]))
-        x, input_size = model.preprocess(images)
-        flat, index, counts = flatten_boxes(boxes, b, x.device)
-        emb = model.image_embeddings(x)
-        if flat.shape[0]:
-            low, iou = model.decode(emb, boxes=self.transform_boxes(flat, original),
-                                    image_index=index, multimask_output=multimask_output)
-            masks = self.postprocess_masks(low, input_size, original)
-        else:
-            k = model.config.num_multimask_outputs if multimask_output else 1
-            masks = emb.new_zeros((0, k, *original))
-            iou = emb.new_zeros((0, k))
+        masks, iou, counts = self.model.box_masks(images, boxes, multimask_output)
         result: Any = (combine_box_masks(masks, iou, counts, original) if combine
                        else list(masks.split(counts)))
         if return_iou:

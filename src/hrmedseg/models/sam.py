@@ -286,29 +286,38 @@ class SamModel(SegmentationModel):
         return self.mask_decoder(embeddings, self.prompt_encoder.get_dense_pe(), sparse,
                                  dense.to(embeddings.dtype), multimask_output)
 
+    def box_masks(self, images: torch.Tensor, boxes: BoxesLike, multimask_output: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Per-box logits (P, K, H, W) at the input size, IoU predictions (P, K) and the number
+        of boxes per image, every box of every image decoded in one call. ``boxes`` as in
+        :meth:`forward`."""
+        original = (int(images.shape[-2]), int(images.shape[-1]))
+        x, input_size = self.preprocess(images)
+        flat, index, counts = flatten_boxes(boxes, images.shape[0], x.device)
+        emb = self.image_embeddings(x)
+        if not flat.shape[0]:
+            k = self.config.num_multimask_outputs if multimask_output else 1
+            return emb.new_zeros((0, k, *original)), emb.new_zeros((0, k)), counts
+        side = self.config.img_size
+        low, iou = self.decode(emb, boxes=transform_boxes(flat, original, side),
+                               image_index=index, multimask_output=multimask_output)
+        return postprocess_masks(low, input_size, original, side), iou, counts
+
     def forward(self, images: torch.Tensor, boxes: BoxesLike | None = None,
                 multimask_output: bool = False) -> torch.Tensor:
         """Logits (B, 1, H, W) at the input size. ``boxes``: (B, 4), (B, N, 4) or a list of B
         (N_i, 4) tensors, ``(x0, y0, x1, y1)`` in input pixels; per pixel the maximum over the
         image's box masks (``EMPTY_LOGIT`` for an image without boxes). Without boxes SAM runs
         unprompted (no sparse token, only the no-mask dense embedding). Per-box masks and IoU
-        predictions: :class:`hrmedseg.inference.predictor.SamPredictor`."""
+        predictions: :meth:`box_masks`, :class:`hrmedseg.inference.predictor.SamPredictor`."""
         original = (int(images.shape[-2]), int(images.shape[-1]))
+        if boxes is not None:
+            return combine_box_masks(*self.box_masks(images, boxes, multimask_output), original)
         x, input_size = self.preprocess(images)
         emb = self.image_embeddings(x)
-        side = self.config.img_size
-        if boxes is None:
-            low, iou = self.decode(emb, multimask_output=multimask_output)
-            counts = [1] * emb.shape[0]
-        else:
-            flat, index, counts = flatten_boxes(boxes, emb.shape[0], emb.device)
-            if not flat.shape[0]:
-                return emb.new_full((emb.shape[0], 1, *original), EMPTY_LOGIT)
-            low, iou = self.decode(emb, boxes=transform_boxes(flat, original, side),
-                                   image_index=index, multimask_output=multimask_output)
-        return combine_box_masks(postprocess_masks(low, input_size, original, side), iou,
-                                 counts, original)
-
+        low, iou = self.decode(emb, multimask_output=multimask_output)
+        return combine_box_masks(postprocess_masks(low, input_size, original, self.config.img_size),
+                                 iou, [1] * emb.shape[0], original)
 
 def load_hrmedseg_encoder(model: SamModel,
                           source: HRMedSeg | dict[str, torch.Tensor]) -> SamModel:
