@@ -30,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..atomic import atomic_write_bytes
 from ..errors import HrmedsegError
+from ..models._base import IMAGENET_MEAN, IMAGENET_STD  # one definition for models and data
 
 __all__ = [
     "opencv_fork_safe", "IMAGE_EXTENSIONS", "LOSSY_EXTENSIONS", "MAX_PIXELS", "IMAGENET_MEAN", "IMAGENET_STD",
@@ -54,8 +55,6 @@ LOSSY_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".webp"})
 #: whole-slide and fundus images exceed. Applied only while this module decodes a file.
 MAX_PIXELS: int = 1 << 31
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 NormMode = Literal["imagenet", "minmax", "none"]
 
