@@ -12,7 +12,6 @@ flags as its keys.
 from __future__ import annotations
 
 import argparse
-import json
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -58,35 +57,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def to_config(args: argparse.Namespace) -> "Config":
     """The flags as keys of the one training config (recipe ``distill``)."""
-    from ..training.config import Config, apply_overrides, load_config, validate
-    from ._common import parse_set
+    from .train import task_config
 
-    cfg: Config = load_config("distill")
-    apply_overrides(cfg, {
-        "model": {"name": args.student, "overrides": parse_set(args.set)},
-        "data": {"size": [args.size, args.size], "augment": args.augment, "workers": args.workers},
-        "optim": {"lr": args.lr},
-        "train": {"out_dir": args.out, "epochs": args.epochs, "batch_size": args.batch_size,
-                  "device": args.device, "precision": args.precision, "seed": args.seed,
-                  "max_steps": args.max_steps, "time_limit_min": args.time_limit_min},
+    return task_config("distill", args, args.student, {
         "distill": {"images": args.images, "val_images": args.val_images,
                     "val_fraction": args.val_fraction, "teacher": args.teacher,
                     "teacher_cache": args.teacher_cache or ""},
     })
-    validate(cfg)
-    return cfg
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import UserError
-    from ..training.run import train
-    from ._common import device_arg
+    from .train import run_task
 
-    # Checked before any run folder exists; the run resolves "auto" itself.
-    device_arg(args.device)
-    try:
-        summary = train(to_config(args))
-    except (ValueError, FileNotFoundError) as exc:
-        raise UserError(str(exc)) from None
-    print(json.dumps(summary, indent=2, default=str))
-    return 0
+    return run_task(args, to_config)

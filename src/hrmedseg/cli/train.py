@@ -3,6 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..training.config import Config
 
 
 TASK_RECIPES = {"segment": "default", "distill": "distill", "esp": "esp_medsam"}
@@ -59,5 +64,44 @@ def run(args: argparse.Namespace) -> int:
     # to this process's GPU), so the config keeps the spelling it was given.
     device_arg(cfg.train.device, "train.device")
     summary = train(cfg, resume=not args.no_resume)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def task_config(recipe: str, args: argparse.Namespace, model: str,
+                sections: dict[str, Any]) -> "Config":
+    """A task verb's flags as keys of ``recipe``: the flags every task verb has (--set, --size,
+    --augment, --workers, --lr, --out, --epochs, --batch-size, --device, --precision, --seed,
+    --max-steps, --time-limit-min), then the verb's own ``sections``."""
+    from ..training.config import apply_overrides, load_config, validate
+    from ._common import parse_set
+
+    cfg = load_config(recipe)
+    apply_overrides(cfg, {
+        "model": {"name": model, "overrides": parse_set(args.set)},
+        "data": {"size": [args.size, args.size], "augment": args.augment, "workers": args.workers},
+        "optim": {"lr": args.lr},
+        "train": {"out_dir": args.out, "epochs": args.epochs, "batch_size": args.batch_size,
+                  "device": args.device, "precision": args.precision, "seed": args.seed,
+                  "max_steps": args.max_steps, "time_limit_min": args.time_limit_min},
+    })
+    apply_overrides(cfg, sections)
+    validate(cfg)
+    return cfg
+
+
+def run_task(args: argparse.Namespace, to_config: Callable[[argparse.Namespace], "Config"],
+             resume: bool = True) -> int:
+    """Train a task verb's config; a bad flag or missing file is one line (exit 2)."""
+    from ..errors import UserError
+    from ..training.run import train
+    from ._common import device_arg
+
+    # Checked before any run folder exists; the run resolves "auto" itself.
+    device_arg(args.device)
+    try:
+        summary = train(to_config(args), resume=resume)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None
     print(json.dumps(summary, indent=2, default=str))
     return 0

@@ -14,7 +14,6 @@ command continues from RUN/checkpoints/last. The same as ``hrmedseg train --task
 from __future__ import annotations
 
 import argparse
-import json
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -100,19 +99,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def to_config(args: argparse.Namespace) -> "Config":
     """The flags as keys of the one training config (recipe ``esp_medsam``)."""
-    from ..training.config import Config, apply_overrides, load_config, validate
-    from ._common import parse_set
+    from .train import task_config
 
-    cfg: Config = load_config("esp_medsam")
-    apply_overrides(cfg, {
-        "model": {"name": args.model, "overrides": parse_set(args.set)},
-        "data": {"size": [args.size, args.size], "augment": args.augment, "workers": args.workers},
-        "optim": {"lr": args.lr},
+    return task_config("esp_medsam", args, args.model, {
         "schedule": {"gamma": args.lr_gamma},
-        "train": {"out_dir": args.out, "epochs": args.epochs, "batch_size": args.batch_size,
-                  "device": args.device, "precision": args.precision, "seed": args.seed,
-                  "max_steps": args.max_steps, "time_limit_min": args.time_limit_min,
-                  "eval_test": not args.no_test},
+        "train": {"eval_test": not args.no_test},
         "esp": {"datasets": [parse_dataset(d) for d in args.data], "teacher": args.teacher or "",
                 "medical_teacher": args.medical_teacher or "", "natural_images": args.natural_images,
                 "num_modalities": args.num_modalities, "init": args.init or "",
@@ -121,20 +112,9 @@ def to_config(args: argparse.Namespace) -> "Config":
                 "focal_weight": args.focal_weight, "sppg_weight": args.sppg_weight,
                 "eval_hd": not args.no_hd},
     })
-    validate(cfg)
-    return cfg
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import UserError
-    from ..training.run import train
-    from ._common import device_arg
+    from .train import run_task
 
-    # Checked before any run folder exists; the run resolves "auto" itself.
-    device_arg(args.device)
-    try:
-        summary = train(to_config(args), resume=not args.no_resume)
-    except (ValueError, FileNotFoundError) as exc:
-        raise UserError(str(exc)) from None
-    print(json.dumps(summary, indent=2, default=str))
-    return 0
+    return run_task(args, to_config, resume=not args.no_resume)
