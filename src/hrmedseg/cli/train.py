@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                              "override any field as section.key=value (the device is "
                              "train.device=auto|cpu|cuda). Under torchrun it trains with DDP on "
                              "every process.")
-    p.add_argument("--task", choices=["segment", "distill", "esp"],
+    p.add_argument("--task", choices=list(TASK_RECIPES),
                    help="what to train: segment (default), distill (a student's embedding learns "
                         "a teacher's; distill.* keys) or esp (ESP-MedSAM with MMDKD; esp.* keys)")
     p.add_argument("--config",
