@@ -6,6 +6,8 @@ import io
 from pathlib import Path
 
 LOSS_WORDS = ("loss", "mse")
+# Validation Dice/IoU columns: fractions in metrics.csv, percent on the console and the picture.
+SCORE_PREFIXES = ("val_dice", "val_iou")
 
 
 def plot_training_curves(csv_path: Path, png_path: Path, log_loss: bool = False) -> None:
@@ -47,7 +49,7 @@ def plot_training_curves(csv_path: Path, png_path: Path, log_loss: bool = False)
         if name.startswith("val_") and not any(w in name for w in LOSS_WORDS) \
                 and not name.startswith("val_iou/"):
             x, y = col(name)
-            if name.startswith(("val_dice", "val_iou")):
+            if name.startswith(SCORE_PREFIXES):
                 y = [100 * v for v in y]     # fractions in metrics.csv, percent on the picture
             if x:
                 ax2.plot(x, y, "--" if "/" in name else "-", marker="o", ms=2.5,

@@ -44,6 +44,7 @@ from torch import nn
 from ..provenance import source_commit
 from .checkpoint import find_checkpoint, load_state, save_checkpoint
 from .config import Config, save_config
+from .curves import SCORE_PREFIXES, plot_training_curves
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from .loggers import RunLogger, check_logger_packages, open_loggers
 
@@ -401,7 +402,6 @@ class Engine:
     def _append_row(self, row: dict[str, Any]) -> None:
         if not self.info.is_main:
             return
-        from .curves import plot_training_curves
         record = {k: row.get(k, "") for k in self.csv_fields()}   # metrics.csv's columns
         for lg in self._loggers:
             lg.log_row(dict(record), int(row["step"]))
@@ -621,10 +621,6 @@ class Engine:
     def close(self) -> None:
         self.task.close()
         cleanup(self.info)
-
-
-# Validation Dice/IoU columns: fractions in files, percent on the console.
-SCORE_PREFIXES = ("val_dice", "val_iou")
 
 
 def _console(key: str, value: Any) -> Any:
