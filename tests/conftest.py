@@ -14,6 +14,16 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: tensors this small only pay for more (and suffer badly
+    on a busy machine). A module takes it with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def load_benchmark():
     """Import a script of benchmarks/ by file stem (scripts, not a package): ``load("speed_memory")``."""

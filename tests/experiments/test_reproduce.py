@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from hrmedseg.cli.main import main
@@ -27,12 +26,7 @@ COMMON = ["data.workers=0", "train.precision=fp32", "train.batch_size=4", f"data
           "train.deterministic=true"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _dataset(root: Path, n: int, seed: int) -> Path:

@@ -39,13 +39,7 @@ class TinyTeacher(nn.Module):
         return torch.tanh(self.conv(x))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tensors this small only pay for intra-op threads (and suffer badly on a busy machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
