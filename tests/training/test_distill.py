@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from _trainutils import MOBILE_SAM
 from hrmedseg.models._hub import load_safetensors
 from hrmedseg.models._registry import create_model
 from hrmedseg.training.checkpoint import load_state
@@ -225,11 +226,6 @@ def test_train_step_and_validation_are_the_mse_of_the_embeddings(tmp_path, image
     with torch.no_grad():
         want_val = F.mse_loss(after.forward_embedding(xv), teacher.image_embeddings(xv))
     assert eng._validate()["val_loss"] == pytest.approx(float(want_val), rel=1e-3)
-
-
-MOBILE_SAM = Path(__file__).resolve().parents[3] / "shared" / "weights" / "mobile_sam.pt"
-if not MOBILE_SAM.is_file():
-    MOBILE_SAM = Path("/work/shared/weights/mobile_sam.pt")
 
 
 @pytest.mark.skipif(not MOBILE_SAM.is_file(), reason="mobile_sam.pt not available")

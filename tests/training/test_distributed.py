@@ -3,14 +3,13 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
 from hrmedseg.cli.main import main
 
-from _trainutils import make_dataset, tiny_args
+from _trainutils import MOBILE_SAM, make_dataset, tiny_args
 
 EXTRA = ["train.eval_test=false", "train.device=cpu", "loss.kwargs={reduction: image}",
          "model.overrides={embed_dim: 24, depth: 2, num_heads: [6, 6, 6], neck_dim: 32, "
@@ -41,11 +40,6 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     assert env_json["world_size"] == 2 and env_json["global_batch"] == 4 and env_json["per_process_batch"] == 2
     # only rank 0 wrote the run files: one metrics row per epoch
     assert len((ddp / "metrics.csv").read_text().strip().splitlines()) == 3
-
-
-MOBILE_SAM = Path(__file__).resolve().parents[3] / "shared" / "weights" / "mobile_sam.pt"
-if not MOBILE_SAM.is_file():
-    MOBILE_SAM = Path("/work/shared/weights/mobile_sam.pt")
 
 
 @pytest.mark.slow

@@ -4,14 +4,13 @@ resume, and the ``train-esp`` command end to end."""
 import argparse
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from _trainutils import make_dataset
+from _trainutils import MOBILE_SAM, make_dataset
 from hrmedseg.models._hub import from_pretrained, load_safetensors
 from hrmedseg.models._registry import create_model
 from hrmedseg.training.checkpoint import load_state
@@ -233,11 +232,6 @@ def test_cli_end_to_end(tmp_path, data):
     with pytest.raises(UserError):
         verb.parse_dataset(f"{a}")
     assert verb.parse_dataset(f"{a}:3") == {"root": str(a), "modality": 3}
-
-
-MOBILE_SAM = Path(__file__).resolve().parents[3] / "shared" / "weights" / "mobile_sam.pt"
-if not MOBILE_SAM.is_file():
-    MOBILE_SAM = Path("/work/shared/weights/mobile_sam.pt")
 
 
 @pytest.mark.slow
