@@ -11,7 +11,7 @@ from PIL import Image
 from hrmedseg.data.datasets import discover_pairs
 from hrmedseg.experiments.zeroshot import build_zeroshot_model, evaluate_zeroshot, zeroshot_predict
 from hrmedseg.models._registry import create_model
-from hrmedseg.models.sam import to_sam_state_dict
+from hrmedseg.models.sam_checkpoints import to_sam_state_dict
 
 TINY_TINYVIT = dict(embed_dims=(8, 16, 16, 32), depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 2),
                     window_sizes=(2, 2, 2, 2), head_classes=0)

@@ -155,7 +155,7 @@ def test_distill_cli(tmp_path, images, monkeypatch):
     from hrmedseg.cli.main import main
     teacher = tiny_teacher()
     ckpt = tmp_path / "teacher.pt"
-    from hrmedseg.models.sam import to_sam_state_dict
+    from hrmedseg.models.sam_checkpoints import to_sam_state_dict
     torch.save(to_sam_state_dict(teacher), ckpt)
     # the CLI builds the default vit_t from a checkpoint; here the tiny layout is substituted
     import hrmedseg.training.tasks.distill as dmod

@@ -37,8 +37,8 @@ def build_zeroshot_model(encoder: str, sam: str | None, size: int | None = None,
     the image encoder; prompt encoder + mask decoder from ``sam``)."""
     from ..models._hub import CheckpointError, from_pretrained, read_config
     from ..models._registry import create_model
-    from ..models.sam import (HRMedSegImageEncoder, SamConfig, SamModel, find_checkpoint,
-                              load_sam_checkpoint)
+    from ..models.sam import HRMedSegImageEncoder, SamConfig, SamModel
+    from ..models.sam_checkpoints import find_checkpoint, load_sam_checkpoint
 
     def sam_path() -> str:
         if sam is None:

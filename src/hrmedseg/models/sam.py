@@ -34,15 +34,13 @@ from .hrmedseg import (HRMedSeg, HRMedSegConfig, LGViT, Neck, apply_fast_paths,
                        split_runtime_options)
 from .mask_decoder import MaskDecoder
 from .sam_checkpoints import (download_checkpoint, find_checkpoint, load_sam_checkpoint,
-                              sam_checkpoints, to_sam_state_dict)
+                              sam_checkpoints)
 from .sam_transforms import (EMPTY_LOGIT, BoxesLike, combine_box_masks, flatten_boxes,
                              postprocess_masks, resized_shape, transform_boxes)
 from .tinyvit import TinyViT
 
 __all__ = ["SamConfig", "SamModel", "HRMedSegImageEncoder", "load_hrmedseg_encoder",
-           "EMPTY_LOGIT", "mobile_sam", "hrmedseg_sam",
-           # the family's checkpoint functions, defined in sam_checkpoints
-           "find_checkpoint", "download_checkpoint", "load_sam_checkpoint", "to_sam_state_dict"]
+           "EMPTY_LOGIT", "mobile_sam", "hrmedseg_sam"]
 
 
 # ---------------------------------------------------------------------------------------------
