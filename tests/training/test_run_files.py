@@ -75,3 +75,19 @@ def test_auto_workers_follow_the_cpu_count(monkeypatch, cpus, workers):
     from hrmedseg.training.config import ConfigError
     with pytest.raises(ConfigError, match="data.workers"):
         load_config(None, ["data.workers=many"])
+
+
+def test_resume_with_another_batch_is_one_line(tiny_dataset, tmp_path, capsys):
+    """A run folder cannot resume with another global batch: one line naming the checkpoint,
+    exit 2 (it was a RuntimeError traceback), and the run's files are left as they were."""
+    out = tmp_path / "run"
+    assert main(tiny_args(tiny_dataset, out, epochs=1, extra=["train.eval_test=false"])) == 0
+    before = (out / "metrics.csv").read_bytes()
+    capsys.readouterr()
+    rc = main(tiny_args(tiny_dataset, out, epochs=2, extra=["train.eval_test=false",
+                                                             "train.batch_size=2"]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert err[0].startswith("hrmedseg train: error: ") and "global batch 4" in err[0]
+    assert str(out / "checkpoints" / "last") in err[0]
+    assert (out / "metrics.csv").read_bytes() == before

@@ -92,16 +92,13 @@ def task_config(recipe: str, args: argparse.Namespace, model: str,
 
 def run_task(args: argparse.Namespace, to_config: Callable[[argparse.Namespace], "Config"],
              resume: bool = True) -> int:
-    """Train a task verb's config; a bad flag or missing file is one line (exit 2)."""
-    from ..errors import UserError
+    """Train a task verb's config; a bad flag, file or setup is one line (exit 2: its errors are
+    HrmedsegErrors, caught by the CLI)."""
     from ..training.run import train
     from ._common import device_arg
 
     # Checked before any run folder exists; the run resolves "auto" itself.
     device_arg(args.device)
-    try:
-        summary = train(to_config(args), resume=resume)
-    except (ValueError, FileNotFoundError) as exc:
-        raise UserError(str(exc)) from None
+    summary = train(to_config(args), resume=resume)
     print(json.dumps(summary, indent=2, default=str))
     return 0

@@ -37,6 +37,11 @@ class ConfigError(HrmedsegError, ValueError):
     """A configuration file or override that cannot be used (message names the key)."""
 
 
+class TrainingSetupError(HrmedsegError, ValueError):
+    """A training that cannot start or resume as configured: a run folder made with another
+    batch, task or data; a teacher or dataset that does not fit the model (one line, exit 2)."""
+
+
 @dataclass
 class ModelConfig:
     name: str = "hrmedseg"

@@ -43,7 +43,7 @@ from torch import nn
 
 from ..provenance import source_commit
 from .checkpoint import find_checkpoint, load_state, save_checkpoint
-from .config import Config, save_config
+from .config import Config, TrainingSetupError, save_config
 from .curves import SCORE_PREFIXES, plot_training_curves
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from .loggers import RunLogger, check_logger_packages, open_loggers
@@ -233,16 +233,16 @@ class Engine:
             return None
         state = load_state(path)
         if state.get("global_batch", state.get("batch_size")) != self.cfg.train.batch_size:
-            raise RuntimeError(f"{path}: saved with global batch {state.get('global_batch')}, "
+            raise TrainingSetupError(f"{path}: saved with global batch {state.get('global_batch')}, "
                                f"config says {self.cfg.train.batch_size}; resume needs the same")
         saved_task = state.get("task", "segment")
         if saved_task != self.cfg.task:
-            raise ValueError(f"{path}: a {saved_task} run, the config says task={self.cfg.task}; "
+            raise TrainingSetupError(f"{path}: a {saved_task} run, the config says task={self.cfg.task}; "
                              f"use a new output folder")
         now = self._fingerprint()
         # Run folders of the segmentation trainer before the engine carry no fingerprint.
         if "fingerprint" in state and state["fingerprint"] != now:
-            raise ValueError(f"{path}: saved with {state['fingerprint']}, now {now}; resume needs "
+            raise TrainingSetupError(f"{path}: saved with {state['fingerprint']}, now {now}; resume needs "
                              f"the same data, sizes, seed and teachers (or use a new output folder)")
         weights = load_safetensors(path / "model.safetensors")
         load_state_dict_checked(self.model, weights, source=str(path / "model.safetensors"))

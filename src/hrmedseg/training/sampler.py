@@ -13,15 +13,16 @@ import torch
 from torch.utils.data import Dataset
 
 from ..data.augment import item_seed
+from .config import TrainingSetupError
 
 
 class EpochBatchSampler:
     def __init__(self, num_samples: int, global_batch: int, rank: int = 0, world_size: int = 1,
                  shuffle: bool = True, seed: int = 0, drop_last: bool = True) -> None:
         if global_batch % world_size:
-            raise ValueError(f"batch size {global_batch} is not divisible by {world_size} processes")
+            raise TrainingSetupError(f"batch size {global_batch} is not divisible by {world_size} processes")
         if drop_last and num_samples < global_batch:
-            raise ValueError(f"{num_samples} training samples are fewer than one batch of {global_batch}")
+            raise TrainingSetupError(f"{num_samples} training samples are fewer than one batch of {global_batch}")
         self.n, self.g, self.rank, self.world = num_samples, global_batch, rank, world_size
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.epoch, self.start_batch = 0, 0

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Config, ConfigError, resolve_workers
+from ..config import Config, ConfigError, TrainingSetupError, resolve_workers
 from .base import Task, probing
 
 __all__ = ["DistillTask", "TeacherCache", "find_images", "split_images", "build_teacher",
@@ -170,7 +170,7 @@ def build_teacher(teacher: Any, size: int) -> Any:
                                   iou_head_hidden_dim=8), image_encoder=teacher,
                         model_name="teacher")
     if teacher is None:
-        raise ValueError("a teacher is needed: --teacher CHECKPOINT (MobileSAM's mobile_sam.pt)")
+        raise TrainingSetupError("a teacher is needed: --teacher CHECKPOINT (MobileSAM's mobile_sam.pt)")
     path = Path(teacher)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: teacher checkpoint not found")
@@ -324,11 +324,11 @@ class DistillTask(Task):
         self.device = engine.device
         self.teacher = build_teacher(teacher if teacher is not None else (d.teacher or None), self.size)
         if int(self.teacher.config.img_size) != self.size:
-            raise ValueError(f"teacher img_size {self.teacher.config.img_size} != size {self.size}")
+            raise TrainingSetupError(f"teacher img_size {self.teacher.config.img_size} != size {self.size}")
         self.teacher.eval().requires_grad_(False).to(self.device)
         self.model = (student if student is not None else build_student(cfg, self.size)).to(self.device)
         if not hasattr(self.model, "forward_embedding"):
-            raise ValueError(f"student {type(self.model).__name__} has no forward_embedding")
+            raise TrainingSetupError(f"student {type(self.model).__name__} has no forward_embedding")
         paths = find_images(d.images)
         if d.val_images:   # a held-out set given explicitly (e.g. the datasets' val splits)
             self.val_paths = find_images(d.val_images)
@@ -337,7 +337,7 @@ class DistillTask(Task):
         else:
             self.train_paths, self.val_paths = split_images(paths, d.val_fraction, cfg.train.seed)
         if not self.train_paths:
-            raise ValueError("no training images left after taking out the held-out images")
+            raise TrainingSetupError("no training images left after taking out the held-out images")
         self.teacher_sha = teacher_identity(self.teacher, (d.teacher or None) if teacher is None else None)
         cache_dir = Path(d.teacher_cache) if d.teacher_cache else self.run_dir / "teacher_cache"
         self.cache = TeacherCache(cache_dir, self.teacher_sha, preprocess_description(self.teacher))
@@ -396,7 +396,7 @@ class DistillTask(Task):
             st = tuple(self.model.forward_embedding(x).shape[1:])
             te = tuple(self.teacher.image_encoder(x).shape[1:])
         if st != te:
-            raise ValueError(f"student embedding {st} does not match the teacher's {te} at {s}²"
+            raise TrainingSetupError(f"student embedding {st} does not match the teacher's {te} at {s}²"
                              f" (neck_dim must equal the teacher's channels)")
 
     def prepare(self, resumed: bool) -> None:

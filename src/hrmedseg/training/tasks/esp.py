@@ -86,7 +86,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import Config, ConfigError, resolve_workers
+from ..config import Config, ConfigError, TrainingSetupError, resolve_workers
 from ..engine import worker_init
 from .base import Task, probing
 
@@ -109,10 +109,10 @@ class ESPDataset:
     def __post_init__(self) -> None:
         self.root = str(self.root)
         if isinstance(self.modality, bool) or not isinstance(self.modality, (int, np.integer)):
-            raise ValueError(f"{self.root}: modality must be an integer id, got {self.modality!r}")
+            raise TrainingSetupError(f"{self.root}: modality must be an integer id, got {self.modality!r}")
         self.modality = int(self.modality)
         if self.modality < 0:
-            raise ValueError(f"{self.root}: modality ids start at 0, got {self.modality}")
+            raise TrainingSetupError(f"{self.root}: modality ids start at 0, got {self.modality}")
         self.name = self.name or Path(self.root).resolve().name
         self.splits = str(self.splits or "")
 
@@ -124,7 +124,7 @@ def _as_dataset(d: Any) -> ESPDataset:
         return ESPDataset(**d)
     if isinstance(d, (tuple, list)) and 2 <= len(d) <= 4:
         return ESPDataset(*d)
-    raise ValueError(f"a dataset is (root, modality_id[, name[, splits]]) or a dict, got {d!r}")
+    raise TrainingSetupError(f"a dataset is (root, modality_id[, name[, splits]]) or a dict, got {d!r}")
 
 
 
@@ -199,7 +199,7 @@ def load_teacher(spec: Any, size: int) -> EmbeddingTeacher | None:
 def mmdkd_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """‖teacher − student‖²₂ of eq. 1 as a mean over all elements (float32)."""
     if student.shape != teacher.shape:
-        raise ValueError(f"student embedding {tuple(student.shape)} and teacher embedding "
+        raise TrainingSetupError(f"student embedding {tuple(student.shape)} and teacher embedding "
                          f"{tuple(teacher.shape)} differ")
     return F.mse_loss(student.float(), teacher.float())
 
@@ -333,12 +333,12 @@ class ESPTask(Task):
             try:
                 index = discover_pairs(spec.root)
             except ValueError as exc:
-                raise ValueError(f"{spec.name}: {exc}") from None
+                raise TrainingSetupError(f"{spec.name}: {exc}") from None
             if len(index) == 0:
-                raise ValueError(f"{spec.name}: no image/mask pairs in {spec.root}")
+                raise TrainingSetupError(f"{spec.name}: no image/mask pairs in {spec.root}")
             tr, va, te = _split(spec, index.stems, seed, getattr(index, "official_splits", None))
             if not tr:
-                raise ValueError(f"{spec.name}: the train split is empty")
+                raise TrainingSetupError(f"{spec.name}: the train split is empty")
             self.parts.append(_Part(spec, index.subset(tr), index.subset(va), index.subset(te)))
         self.num_modalities = self.e.num_modalities or max(d.modality for d in self.specs) + 1
         # -- epoch structure -------------------------------------------------------------
@@ -361,10 +361,10 @@ class ESPTask(Task):
         self.model = (model if model is not None else self._build_model()).to(self.device)
         from ...models.esp_medsam import ESPMedSAM
         if not isinstance(self.model, ESPMedSAM):
-            raise ValueError(f"{self.cfg.model.name}: not an ESP-MedSAM model")
+            raise TrainingSetupError(f"{self.cfg.model.name}: not an ESP-MedSAM model")
         top = max(d.modality for d in self.specs)
         if top >= self.model.num_modalities:
-            raise ValueError(f"dataset modality id {top} but the model has "
+            raise TrainingSetupError(f"dataset modality id {top} but the model has "
                              f"{self.model.num_modalities} modalities")
         unused = set(self.model.unused_parameter_names())
         for name, p in self.model.named_parameters():
@@ -441,7 +441,7 @@ class ESPTask(Task):
                     continue
                 got = tuple(t(x, n).shape[1:])
                 if got != want:
-                    raise ValueError(f"{role} ({t.source}) gives embeddings of shape {got} at "
+                    raise TrainingSetupError(f"{role} ({t.source}) gives embeddings of shape {got} at "
                                      f"{s}², the student {want}: they must match")
 
     def prepare(self, resumed: bool) -> None:
