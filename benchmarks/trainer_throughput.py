@@ -2,15 +2,15 @@
 trainer keeps once data loading, augmentation, logging and checkpointing are in. One JSON file.
 
   python benchmarks/trainer_throughput.py --data DSB2018_DIR -o trainer.json -- \
-      "data.size=[1024,1024]" train.epochs=3 train.compile=true \
-      train.compile_mode=reduce-overhead model.grad_checkpointing=true
+      "data.size=[1024,1024]" train.epochs=3 model.grad_checkpointing=true
 
 The arguments after ``--`` are `hrmedseg train` overrides; the run goes to ``--run-dir`` (a
 temporary folder by default). The trainer's rate is ``train_images_per_s`` of each epoch in the
 run's metrics.csv (training time only); the first epoch, which includes compiling and cache
 building, is reported but not in the median. The bare step is the same model, size, batch and
 precision on random data: forward, Dice + BCE, backward, AdamW, compiled as the trainer was
-(``train.compile``/``train.compile_mode``) or eager. Top-level fields: ``trainer_images_per_s``,
+(the mode its env.json records: ``train.compile``/``train.compile_mode`` as resolved on the
+device; on CUDA the default compiles HRMedSeg with CUDA graphs) or eager. Top-level fields: ``trainer_images_per_s``,
 ``bare_step_images_per_s``, ``trainer_over_bare_step``, ``peak_gb_per_image`` (the trainer's
 largest per-epoch peak allocated memory over the batch; CUDA only), device, date, commit.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import statistics
 import subprocess
@@ -59,10 +60,22 @@ def run_trainer(data: str, run_dir: Path, overrides: list[str]) -> dict[str, Any
             "train_images_per_s_by_epoch": rates,
             "train_images_per_s_median_after_first": statistics.median(steady),
             "peak_mem_gb_by_epoch": peaks,
-            "config": yaml.safe_load((run_dir / "config.yaml").read_text())}
+            "config": yaml.safe_load((run_dir / "config.yaml").read_text()),
+            "compile": _compiled_as(run_dir)}
 
 
-def bare_step(cfg: dict[str, Any], dev: torch.device, warmup: int, reps: int) -> dict[str, Any]:
+def _compiled_as(run_dir: Path) -> str | None:
+    """The torch.compile mode the run trained under (env.json; None: eager). Run folders from
+    before the auto policy have only the config's compile switch and mode."""
+    env = json.loads((run_dir / "env.json").read_text())
+    if "compile" in env:
+        return env["compile"]
+    t = yaml.safe_load((run_dir / "config.yaml").read_text())["train"]
+    return (t.get("compile_mode") or "default") if str(t.get("compile")).lower() == "true" else None
+
+
+def bare_step(cfg: dict[str, Any], mode: str | None, dev: torch.device, warmup: int,
+              reps: int) -> dict[str, Any]:
     """The training step alone, on one random batch that stays on the device."""
     m, d, t = cfg["model"], cfg["data"], cfg["train"]
     h, w = d["size"]
@@ -73,16 +86,14 @@ def bare_step(cfg: dict[str, Any], dev: torch.device, warmup: int, reps: int) ->
     x = torch.randn(b, 3, h, w, generator=torch.Generator().manual_seed(0)).to(dev)
     target = random_blob_mask(b, h, w, dev, 1)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    mode = t.get("compile_mode") or "default"
-    compiled = bool(t.get("compile"))
-    net = torch.compile(model, mode=mode) if compiled else model
+    net = torch.compile(model, mode=mode) if mode else model
     step = make_train_step(net, opt, x, target, AMP[t["precision"]], make_loss(),
-                           mark_cudagraph_step=compiled and uses_cudagraphs(mode))
+                           mark_cudagraph_step=uses_cudagraphs(mode))
     row = measure_call(step, dev, b, warmup, reps)
     return {"images_per_s": row["images_per_s"], "ms_median": row["ms_median"],
             "peak_mem_per_image_gb": row["peak_mem_per_image_gb"], "batch": b, "size": [h, w],
             "precision": t["precision"], "grad_checkpointing": bool(m.get("grad_checkpointing")),
-            "compile": mode if compiled else None}
+            "compile": mode}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(args.run_dir or os.path.join(tmp, "run"))
         trainer = run_trainer(args.data, run_dir, overrides)
     result["trainer"] = trainer
-    result["bare_step"] = bare_step(trainer["config"], dev, args.warmup, args.reps)
+    result["bare_step"] = bare_step(trainer["config"], trainer["compile"], dev, args.warmup,
+                                    args.reps)
     batch = int(trainer["config"]["train"]["batch_size"])
     result.update({
         "trainer_images_per_s": trainer["train_images_per_s_median_after_first"],

@@ -38,9 +38,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "full resolution with Gaussian blending (large images, TIFFs read lazily)")
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (tile mode)")
     p.add_argument("--tile-batch", type=int, default=4, help="tiles per forward (tile mode)")
-    p.add_argument("--compile", choices=COMPILE_MODES,
-                   help="torch.compile the model (reduce-overhead: CUDA graphs, the fastest on "
-                        "a GPU for many images of one size; the first batch compiles)")
+    p.add_argument("--compile", default="auto", choices=("auto", "off", *COMPILE_MODES),
+                   help="torch.compile the model; auto (default): CUDA graphs on a GPU for models "
+                        "with a compile parity record, eager elsewhere; reduce-overhead: CUDA "
+                        "graphs, the fastest on a GPU for many images of one size; the first "
+                        "batch compiles, kernels are cached for the next run")
     add_batch_size(p, 4, help="images (or volume slices, video frames) per forward")
     p.add_argument("--gt", type=Path, help="a ground-truth mask (single input) or a folder of masks "
                                            "with matching stems: print Dice/IoU against it")
@@ -168,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
     size = None if not args.size else (args.size * 2 if len(args.size) == 1 else args.size)
     seg = Segmenter(args.model, device=args.device, size=size, precision=args.precision,
                     batch_size=args.batch_size, mode=args.mode, overlap=args.overlap,
-                    tile_batch=args.tile_batch, compile=args.compile)
+                    tile_batch=args.tile_batch,
+                    compile=None if args.compile == "off" else args.compile)
     args.out.mkdir(parents=True, exist_ok=True)
     n_ok, n_bad = 0, 0
     for f, kind in others:

@@ -25,6 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queue-size", type=int, default=64,
                    help="requests waiting beyond this are refused with 503")
     p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds")
+    p.add_argument("--compile", default="auto", choices=("auto", "off", "default"),
+                   help="torch.compile the models; auto (default): on a GPU, models with a compile "
+                        "parity record, without CUDA graphs (batch sizes follow the traffic)")
     p.add_argument("--cors-origin", action="append", default=None, help="allow this origin (CORS is off by default)")
     p.set_defaults(func=run)
 
@@ -57,9 +60,14 @@ def run(args: argparse.Namespace) -> int:
     sources = {}
     for m in args.model:
         try:
-            sources[m] = Segmenter(m, device=args.device, size=size, precision=args.precision)
+            seg = Segmenter(m, device=args.device, size=size, precision=args.precision)
         except TypeError:
             sources[m] = m  # create_app resolves models Segmenter cannot (SAM)
+            continue
+        # auto compiles without CUDA graphs (set_compile's auto_mode): the batch size follows
+        # the traffic (1 ... --max-batch), and CUDA graphs record and keep memory for each size.
+        seg.set_compile(None if args.compile == "off" else args.compile, auto_mode="default")
+        sources[m] = seg
     app = create_app(sources, token=token, max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
                      max_pixels=args.max_pixels, batch_wait_ms=args.batch_wait_ms, max_batch=args.max_batch,
                      queue_size=args.queue_size, timeout_s=args.timeout, device=args.device, size=size,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -22,7 +23,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ..compiling import COMPILE_MODES, uses_cudagraphs
+from ..compiling import (COMPILE_MODES, compile_error_line, is_compile_error, resolve_compile,
+                         use_compile_cache, uses_cudagraphs)
 from ..devices import parse_device
 
 
@@ -85,10 +87,13 @@ class Segmenter:
         tile_batch: tiles per forward (tile mode): bounds the device memory.
         accum_dtype: "float32" or "float16" probability accumulator (tile mode); with float16
             the returned probabilities are float16.
-        compile: None (eager) or a ``torch.compile`` mode: "default", or "reduce-overhead"
-            (CUDA graphs: HRMedSeg's fastest inference, 2019 vs 810 eager images/s at 1024²,
-            batch 16, bf16 on an H200; benchmarks/results/speed_hrmedseg_1024_h200/). The first batch of
-            each new shape compiles (about 30-40 s there).
+        compile: None (eager), a ``torch.compile`` mode ("default", or "reduce-overhead": CUDA
+            graphs, HRMedSeg's fastest inference, 2019 vs 810 eager images/s at 1024², batch 16,
+            bf16 on an H200; benchmarks/results/speed_hrmedseg_1024_h200/), or "auto": CUDA
+            graphs on CUDA for a model whose compiled run passed the parity check, else eager
+            (``predict`` and ``serve`` use auto). The first batch of each new shape compiles
+            (about 30-40 s there; kernels are cached on disk for the next run); a compile that
+            fails costs one line on stderr and the model runs eager.
     """
 
     def __init__(self, model: str | os.PathLike | nn.Module, device: str = "auto",
@@ -98,8 +103,8 @@ class Segmenter:
                  compile: str | None = None) -> None:
         if mode not in ("resize", "tile"):
             raise ValueError(f"mode must be 'resize' or 'tile', got {mode!r}")
-        if compile is not None and compile not in COMPILE_MODES:
-            raise ValueError(f"compile must be one of None, {', '.join(COMPILE_MODES)}, "
+        if compile is not None and compile not in ("auto", *COMPILE_MODES):
+            raise ValueError(f"compile must be one of None, auto, {', '.join(COMPILE_MODES)}, "
                              f"got {compile!r}")
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
@@ -108,9 +113,7 @@ class Segmenter:
         self.device = parse_device(device)
         self.model, pre = _resolve_model(model, self.device)
         self.model.eval()
-        self.compile = compile
-        self._forward: Any = self.model if compile is None else torch.compile(self.model,
-                                                                              mode=compile)
+        self.set_compile(compile)
         cfg = getattr(self.model, "config", None)
         cfg_size = getattr(cfg, "img_size", (1024, 1024))
         if isinstance(cfg_size, int):  # SAM-family configs keep one side
@@ -131,6 +134,20 @@ class Segmenter:
         act = getattr(self.model, "activation", None)
         self.activation = act if act in ("sigmoid", "softmax") else (
             "sigmoid" if self.num_classes == 1 else "softmax")
+
+    def set_compile(self, compile: str | None, auto_mode: str = "auto") -> str | None:
+        """Compile the forward (see the class's ``compile``); ``auto_mode`` is the mode "auto"
+        compiles with ("auto": CUDA graphs on CUDA). Returns the mode in effect (None: eager);
+        ``compile_reason`` says why."""
+        setting, mode = ("false", "auto") if compile is None else (
+            ("auto", auto_mode) if compile == "auto" else ("true", compile))
+        verified = bool(getattr(self.model, "compile_verified", False))
+        chosen, self.compile_reason = resolve_compile(setting, mode, self.device.type, verified)
+        self.compile = chosen
+        if chosen is not None:
+            use_compile_cache()
+        self._forward: Any = self.model if chosen is None else torch.compile(self.model, mode=chosen)
+        return chosen
 
     # -- core ---------------------------------------------------------------------------------
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
@@ -154,8 +171,17 @@ class Segmenter:
             # CUDA graphs reuse their output buffer at the next replay: a new step per call,
             # and the logits copied out (clone) before the caller keeps them.
             torch.compiler.cudagraph_mark_step_begin()
-        with self._autocast():
-            out = self._forward(batch.to(self.device)).float()
+        try:
+            with self._autocast():
+                out = self._forward(batch.to(self.device)).float()
+        except Exception as exc:
+            if self.compile is None or not is_compile_error(exc):
+                raise
+            print(f"torch.compile failed ({compile_error_line(exc)}); predicting without "
+                  "compiling", file=sys.stderr, flush=True)
+            torch._dynamo.reset()
+            self.set_compile(None)
+            return self.logits(batch)
         return out.clone() if graphs else out
 
     def _to_original(self, logits: torch.Tensor, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

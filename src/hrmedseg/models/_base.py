@@ -71,6 +71,9 @@ class SegmentationModel(nn.Module):
     # Models whose encoder can recompute only some of its blocks (set_grad_checkpointing's
     # ``fraction``); the others recompute all of their heavy blocks or none.
     supports_partial_checkpointing: ClassVar[bool] = False
+    # Compiled training matched eager in a GPU parity check (benchmarks/gpu_parity.py): the
+    # trainer's train.compile=auto and predict/serve's --compile auto compile it on CUDA.
+    compile_verified: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -348,6 +348,10 @@ class HRMedSeg(SegmentationModel):
     """LGViT encoder + neck + ECM-Decoder. ``forward`` returns logits (B, num_classes, H, W)."""
 
     supports_partial_checkpointing = True
+    # benchmarks/results/speed_hrmedseg_1024_h200/cudagraphs_checkpointing_parity.json
+    # (parity_bf16 runs: reduce-overhead, with and without checkpointing); the HER-Seg variants
+    # are this class with another head and upscaler.
+    compile_verified = True
 
     def __init__(self, cfg: HRMedSegConfig, model_name: str = "hrmedseg") -> None:
         super().__init__()

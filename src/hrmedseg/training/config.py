@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from ..compiling import COMPILE_MODES
+from ..compiling import COMPILE_MODES, normalize_compile_setting
 from ..errors import HrmedsegError
 from .loggers import LOGGER_NAMES
 
@@ -124,11 +124,15 @@ class TrainConfig:
     max_steps: int = 0                # stop early after this many optimizer steps (0 = off)
     time_limit_min: float = 0.0       # training budget in minutes, resumes included (0 = off)
     channels_last: bool = False
-    compile: bool = False
-    # torch.compile mode: "reduce-overhead" captures CUDA graphs, for steps bound by kernel
-    # launches (HRMedSeg at 512²: benchmarks/results/equal_time_h200x2_90s/ ran slower than a
-    # U-Net with far more FLOPs); it needs a fixed batch shape (the sampler drops the last one).
-    compile_mode: str = "default"     # default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
+    # auto: compiled on CUDA (CUDA graphs, the compile cached across runs) for models whose
+    # compiled training passed the parity check, eager elsewhere; true/false force it.
+    compile: str = "auto"             # auto | true | false
+    # torch.compile mode; auto = reduce-overhead on CUDA (CUDA graphs, for steps bound by kernel
+    # launches: HRMedSeg at 512² ran slower than a U-Net with far more FLOPs in
+    # benchmarks/results/equal_time_h200x2_90s/), default elsewhere. CUDA graphs need a fixed
+    # batch shape (the sampler drops the last one).
+    compile_mode: str = "auto"        # auto | default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
+    compile_cache: str = ""           # compiled kernels kept across runs; "": ~/.cache/hrmedseg/torch-compile
     eval_test: bool = True            # evaluate the best checkpoint on the test split at the end
     device: str = "auto"              # auto | cpu | cuda
     # where each epoch's row goes: csv (metrics.csv, required) | tensorboard (RUN/tensorboard/)
@@ -330,8 +334,12 @@ def validate(cfg: Config) -> None:
         cfg.data.workers = int(w)
     if cfg.train.val_every < 1:
         raise ConfigError("train.val_every must be >= 1")
-    if cfg.train.compile_mode not in COMPILE_MODES:
-        raise ConfigError(f"train.compile_mode must be one of {', '.join(COMPILE_MODES)}, "
+    try:
+        cfg.train.compile = normalize_compile_setting(cfg.train.compile)
+    except ValueError as exc:
+        raise ConfigError(f"train.compile: {exc}") from None
+    if cfg.train.compile_mode not in ("auto", *COMPILE_MODES):
+        raise ConfigError(f"train.compile_mode must be one of auto, {', '.join(COMPILE_MODES)}, "
                           f"got {cfg.train.compile_mode!r}")
     if cfg.train.precision not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"train.precision must be fp32, bf16 or fp16, got {cfg.train.precision!r}")

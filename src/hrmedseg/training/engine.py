@@ -41,6 +41,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..compiling import (COMPILE_ARTIFACTS, compile_error_line, is_compile_error,
+                         save_compile_artifacts)
 from ..provenance import source_commit
 from .checkpoint import find_checkpoint, load_state, save_checkpoint
 from .config import Config, TrainingSetupError, save_config
@@ -180,6 +182,8 @@ class Engine:
         self.local_images = 0     # images of the current step on this rank (gradient weights)
         self._logged = set(task.loss_fields) | {"total"}
         self._restored_acc: dict[str, Any] | None = None
+        self._artifacts_saved = False
+        self._compile_ran = False
 
     # -- helpers for tasks ------------------------------------------------------------------
     def autocast(self):
@@ -330,8 +334,7 @@ class Engine:
             torch.compiler.cudagraph_mark_step_begin()
         self.local_images = self.task.batch_images(batch)
         if self.local_images > 0:
-            terms = self.task.losses(batch)
-            self.task.backward(terms, self.scaler)
+            terms = self._losses_and_backward(batch)
         else:   # an empty shard of a short global batch: no gradient and no loss to log
             terms = {}
         if self.info.enabled and not self.ddp_wrapped:
@@ -344,6 +347,43 @@ class Engine:
         self.scaler.step(self.opt)
         self.scaler.update()
         return {k: v.detach().float() for k, v in terms.items() if k in self._logged}
+
+    def _losses_and_backward(self, batch: Any) -> dict[str, torch.Tensor]:
+        """The task's losses and their backward; a failed compile (raised at the first forward
+        or, as AOTAutograd compiles it lazily, the first backward) costs one line and the
+        step is redone eager."""
+        # Until a compiled step has run through, the buffers (BatchNorm statistics) are kept:
+        # a forward that ran before the compile failed must not count twice.
+        kept = ({k: b.detach().clone() for k, b in self.model.named_buffers()}
+                if self.task.compile_mode is not None and not self._compile_ran else None)
+        try:
+            terms = self.task.losses(batch)
+            self.task.backward(terms, self.scaler)
+            self._compile_ran = True
+            return terms
+        except Exception as exc:
+            if not (is_compile_error(exc) and self.task.disable_compile()):
+                raise
+            failure = compile_error_line(exc)
+        if kept:
+            with torch.no_grad():
+                for k, b in self.model.named_buffers():
+                    b.copy_(kept[k])
+        self.net = self.task.net if self.task.net is not None else self.model
+        print(f"torch.compile failed ({failure}); training continues without compiling",
+              file=sys.stderr, flush=True)
+        self.opt.zero_grad(set_to_none=True)
+        terms = self.task.losses(batch)
+        self.task.backward(terms, self.scaler)
+        return terms
+
+    def _save_compile_artifacts(self) -> None:
+        """Once per session, after its first epoch (every graph compiled by then): the compiled
+        artefacts into the run folder, for a resume on a machine with an empty cache."""
+        if self._artifacts_saved or self.task.compile_mode is None or not self.info.is_main:
+            return
+        self._artifacts_saved = True
+        save_compile_artifacts(self.run_dir / COMPILE_ARTIFACTS)
 
     def _check_finite(self, total: float, steps: int) -> None:
         if not math.isfinite(total):
@@ -375,7 +415,8 @@ class Engine:
             "commit": source_commit(), "resumed": resumed_from is not None,
             "resumed_from": None if resumed_from is None else
             {"checkpoint": str(resumed_from), "epoch": self.epoch, "step": self.global_step},
-            "argv": sys.argv, **self.task.run_info(),
+            "argv": sys.argv, "compile": self.task.compile_mode,
+            "compile_reason": self.task.compile_reason, **self.task.run_info(),
         }
         from ..atomic import atomic_write_bytes
         name = "env.json" if resumed_from is None else f"env_resume_step{self.global_step}.json"
@@ -580,6 +621,7 @@ class Engine:
                             task.on_improved()
                 row["epoch_time_s"] = round(time.monotonic() - t0, 2)
                 self._append_row(row)
+                self._save_compile_artifacts()
                 if self.progress:
                     msg = ", ".join(f"{k}={_console(k, v)}" for k, v in row.items() if v != "")
                     print(f"[{task.name} epoch {self.epoch}] {msg}", file=sys.stderr, flush=True)

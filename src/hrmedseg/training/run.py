@@ -7,6 +7,7 @@ student or model folder) and writes ``summary.json``.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -45,13 +46,17 @@ def train(cfg: Config, resume: bool = True, task: Task | None = None,
     ``train.loggers`` names (:mod:`hrmedseg.training.loggers`)."""
     task = task if task is not None else build_task(cfg)
     engine = Engine(cfg, task, progress=progress, loggers=loggers)
+    if engine.progress and task.compile_mode is not None:
+        print(f"compiling the training step: torch.compile mode={task.compile_mode} "
+              f"({task.compile_reason}); the first steps wait for the compile",
+              file=sys.stderr, flush=True)
     try:
         result = engine.fit(resume=resume)
         summary = TrainResult(
             run_dir=str(result.run_dir), task=cfg.task, epochs_done=result.epochs_done,
             global_step=result.global_step, monitor=task.monitor, best=result.best,
             stopped_early=result.stopped_early, stop_reason=result.stop_reason,
-            resumed=result.resumed)
+            resumed=result.resumed, compile=task.compile_mode)
         # the name every earlier summary used for the task's monitored value
         summary[f"best_{task.monitor}"] = result.best
         summary.update(task.finish(result))

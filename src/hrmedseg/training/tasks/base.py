@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from ...compiling import (COMPILE_ARTIFACTS, load_compile_artifacts, resolve_compile,
+                          use_compile_cache, uses_cudagraphs)
 
 
 class Task:
@@ -23,9 +27,37 @@ class Task:
     log_loss_axis = False           # curve.png: losses on a log scale
     model: nn.Module
     net: nn.Module | None = None    # the module the steps call (e.g. DDP-wrapped); None: model
+    compile_mode: str | None = None  # the torch.compile mode the steps run under; None: eager
+    compile_reason = "compile off"
+    cudagraphs = False              # steps replay CUDA graphs: each must be marked a new step
 
     def setup(self, engine: Any) -> None:
         self.engine = engine
+
+    def compile_net(self, net: nn.Module, cfg: Any, device: torch.device, verified: bool) -> nn.Module:
+        """``net`` compiled as ``train.compile``/``train.compile_mode`` resolve on ``device``
+        (``verified``: the model's compiled training passed the parity check), or ``net``.
+        Compiled kernels go to the persistent cache, seeded from the run folder's artefacts."""
+        mode, self.compile_reason = resolve_compile(cfg.train.compile, cfg.train.compile_mode,
+                                                    device.type, verified)
+        self.compile_mode = mode
+        self.cudagraphs = uses_cudagraphs(mode)
+        self._eager_net = net
+        if mode is None:
+            return net
+        use_compile_cache(cfg.train.compile_cache or None)
+        load_compile_artifacts(Path(cfg.train.out_dir) / COMPILE_ARTIFACTS)
+        return torch.compile(net, mode=mode)
+
+    def disable_compile(self) -> bool:
+        """Back to the eager module after a failed compile; False when nothing was compiled."""
+        if self.compile_mode is None:
+            return False
+        torch._dynamo.reset()
+        self.net = self._eager_net
+        self.compile_mode, self.cudagraphs = None, False
+        self.compile_reason = "compile failed: eager"
+        return True
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]

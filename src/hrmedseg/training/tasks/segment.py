@@ -12,7 +12,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ...compiling import uses_cudagraphs
 from ...metrics.tensor import logits_to_labels, per_image_dice_iou
 from ...models._base import CheckpointingError
 from ..config import Config, ConfigError, resolve_workers
@@ -186,9 +185,8 @@ class SegmentTask(Task):
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 gradient_as_bucket_view=True)
-        if cfg.train.compile:
-            self.net = torch.compile(self.net, mode=cfg.train.compile_mode)
-        self.cudagraphs = cfg.train.compile and uses_cudagraphs(cfg.train.compile_mode)
+        self.net = self.compile_net(self.net, cfg, self.device,
+                                    verified=bool(getattr(self.model, "compile_verified", False)))
         if self.workers > 0:
             from ...data.io import opencv_fork_safe
             opencv_fork_safe()
