@@ -280,3 +280,29 @@ def test_train_esp_flags_are_keys_of_train_task_esp(tmp_path, data, capsys):
     assert main(["train", *keys]) == 0
     summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
     assert summary["task"] == "esp" and summary["epochs_done"] == 1 and summary["global_step"] == 4
+
+
+def test_train_compile_wraps_the_student_pass_and_checkpointing_reaches_the_model(
+        tmp_path, data, monkeypatch):
+    """train.compile=true compiles the student's pass (stubbed: no compiler run on the CPU
+    suite), the step goes through it, and model.grad_checkpointing reaches ESP-MedSAM."""
+    compiled = []
+
+    def fake_compile(module, **kw):
+        compiled.append((type(module).__name__, kw))
+        return module
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    cfg = config(tmp_path, data)
+    apply_overrides(cfg, {"train": {"compile": "true"}, "model": {"grad_checkpointing": True}})
+    t = ESPTrainer(load_config(None, base=cfg), teacher=TinyTeacher())
+    assert compiled == [("_StudentParts", {"mode": "default"})] and t.compile_mode == "default"
+    if hasattr(t.model, "set_grad_checkpointing"):
+        assert t.model.grad_checkpointing
+    calls = []
+    real = t.model.forward_parts
+    monkeypatch.setattr(t.model, "forward_parts", lambda *a: calls.append(a[1]) or real(*a))
+    t.engine.train_step(next(iter(t.train_batches(0, 0))))
+    assert len(calls) == 1
+    # auto (the default) leaves ESP-MedSAM eager: it has no compile parity record
+    t2 = ESPTrainer(config(tmp_path, data, out="run2"), teacher=TinyTeacher())
+    assert t2.compile_mode is None and len(compiled) == 1

@@ -34,6 +34,19 @@ class Task:
     def setup(self, engine: Any) -> None:
         self.engine = engine
 
+    def apply_grad_checkpointing(self, model: nn.Module, cfg: Any) -> None:
+        """``model.grad_checkpointing`` (and its fraction) on a model that can recompute its
+        blocks; a fraction the model cannot honour is a config error."""
+        from ...models._base import CheckpointingError
+        from ..config import ConfigError
+        if not (cfg.model.grad_checkpointing and hasattr(model, "set_grad_checkpointing")):
+            return
+        frac = cfg.model.grad_checkpointing_fraction
+        try:
+            model.set_grad_checkpointing(True, **({"fraction": frac} if frac != 1.0 else {}))
+        except CheckpointingError as exc:
+            raise ConfigError(f"model.grad_checkpointing_fraction: {exc}") from None
+
     def compile_net(self, net: nn.Module, cfg: Any, device: torch.device, verified: bool) -> nn.Module:
         """``net`` compiled as ``train.compile``/``train.compile_mode`` resolve on ``device``
         (``verified``: the model's compiled training passed the parity check), or ``net``.

@@ -298,6 +298,17 @@ class _FixedModality(nn.Module):
 
 
 
+class _StudentParts(nn.Module):
+    """``forward(x, n) = model.forward_parts(x, n)`` as a module, for ``torch.compile``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, modality: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.model.forward_parts(x, modality)
+
+
 def _first(x: Any) -> Any:
     return x
 
@@ -370,6 +381,11 @@ class ESPTask(Task):
         for name, p in self.model.named_parameters():
             if name in unused:
                 p.requires_grad_(False)
+        self.apply_grad_checkpointing(self.model, self.cfg)
+        # The student's pass (encoder, SPPG, decoder) is what compiles; the teachers run eager
+        # under no_grad. Not parity-checked yet: compiled only when train.compile=true.
+        self.net = self.compile_net(_StudentParts(self.model), self.cfg, self.device,
+                                    verified=bool(getattr(self.model, "compile_verified", False)))
         e = self.e
         self.teacher = load_teacher(teacher if teacher is not None else (e.teacher or None), self.size)
         self.medical_teacher = load_teacher(
@@ -500,7 +516,7 @@ class ESPTask(Task):
     def forward_student(self, x: torch.Tensor, modality: int
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits (B,1,H,W), SPPG patch logits, E^n) from one encoder pass."""
-        return self.model.forward_parts(x, modality)
+        return self.net(x, modality)
 
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         return self.step_losses(*self.inputs(batch))

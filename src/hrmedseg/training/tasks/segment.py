@@ -13,7 +13,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ...metrics.tensor import logits_to_labels, per_image_dice_iou
-from ...models._base import CheckpointingError
 from ..config import Config, ConfigError, resolve_workers
 from ..distributed import all_reduce_sum
 from ..engine import worker_init
@@ -163,12 +162,7 @@ class SegmentTask(Task):
         for name, p in self.model.named_parameters():
             if name in unused:
                 p.requires_grad_(False)
-        if cfg.model.grad_checkpointing and hasattr(self.model, "set_grad_checkpointing"):
-            frac = cfg.model.grad_checkpointing_fraction
-            try:
-                self.model.set_grad_checkpointing(True, **({"fraction": frac} if frac != 1.0 else {}))
-            except CheckpointingError as exc:
-                raise ConfigError(f"model.grad_checkpointing_fraction: {exc}") from None
+        self.apply_grad_checkpointing(self.model, cfg)
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.net = self.model
