@@ -12,7 +12,8 @@ precision on random data: forward, Dice + BCE, backward, AdamW, compiled as the 
 (the mode its env.json records: ``train.compile``/``train.compile_mode`` as resolved on the
 device; on CUDA the default compiles HRMedSeg with CUDA graphs) or eager. Top-level fields: ``trainer_images_per_s``,
 ``bare_step_images_per_s``, ``trainer_over_bare_step``, ``peak_gb_per_image`` (the trainer's
-largest per-epoch peak allocated memory over the batch; CUDA only), device, date, commit.
+largest per-epoch reserved peak over the batch, which counts CUDA graphs' memory pools;
+``peak_allocated_gb_per_image`` the allocated peak; CUDA only), device, date, commit.
 """
 from __future__ import annotations
 
@@ -55,11 +56,13 @@ def run_trainer(data: str, run_dir: Path, overrides: list[str]) -> dict[str, Any
         rows = list(csv.DictReader(fh))
     rates = [float(r["train_images_per_s"]) for r in rows if r.get("train_images_per_s")]
     peaks = [float(r["peak_mem_gb"]) for r in rows if r.get("peak_mem_gb")]
+    reserved = [float(r["peak_reserved_gb"]) for r in rows if r.get("peak_reserved_gb")]
     steady = rates[1:] or rates
     return {"command": "hrmedseg " + " ".join(cmd[3:]), "epochs": len(rates),
             "train_images_per_s_by_epoch": rates,
             "train_images_per_s_median_after_first": statistics.median(steady),
             "peak_mem_gb_by_epoch": peaks,
+            "peak_reserved_gb_by_epoch": reserved,
             "config": yaml.safe_load((run_dir / "config.yaml").read_text()),
             "compile": _compiled_as(run_dir)}
 
@@ -123,8 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         "bare_step_images_per_s": result["bare_step"]["images_per_s"],
         "trainer_over_bare_step": (trainer["train_images_per_s_median_after_first"]
                                    / result["bare_step"]["images_per_s"]),
-        "peak_gb_per_image": (max(trainer["peak_mem_gb_by_epoch"]) / batch
-                              if trainer["peak_mem_gb_by_epoch"] else None),
+        # reserved: CUDA graphs' pools are outside the allocated count (see RATE_FIELDS)
+        "peak_gb_per_image": (max(trainer["peak_reserved_gb_by_epoch"]) / batch
+                              if trainer["peak_reserved_gb_by_epoch"] else None),
+        "peak_allocated_gb_per_image": (max(trainer["peak_mem_gb_by_epoch"]) / batch
+                                        if trainer["peak_mem_gb_by_epoch"] else None),
     })
     write_result(args.output, result)
     log(TAG, f"trainer {trainer['train_images_per_s_median_after_first']:.1f} img/s, bare step "

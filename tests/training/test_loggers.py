@@ -116,3 +116,25 @@ def test_cli_without_tensorboard_exits_2_with_one_line(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and 'pip install "hrmedseg[train]"' in err, err
     assert not out.exists()
+
+
+def test_a_csv_written_with_older_columns_is_rewritten_once_so_new_rows_line_up(tmp_path):
+    """A run resumed after the package gained a column (peak_reserved_gb): the old rows stay,
+    under the new header, and the appended row's cells are under their own column names."""
+    import csv as _csv
+
+    from hrmedseg.training.loggers import CSVLogger
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,step,train_loss,old_only\n1,10,0.5,x\n2,20,0.4,y\n")
+    fields = ["epoch", "step", "train_loss", "peak_reserved_gb"]
+    logger = CSVLogger(path, fields)
+    logger.log_row({"epoch": 3, "step": 30, "train_loss": 0.3, "peak_reserved_gb": 1.5}, 30)
+    with open(path, newline="") as fh:
+        rows = list(_csv.DictReader(fh))
+    assert list(rows[0]) == [*fields, "old_only"]
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert rows[0]["old_only"] == "x" and rows[0]["peak_reserved_gb"] == ""
+    assert rows[2]["peak_reserved_gb"] == "1.5" and rows[2]["old_only"] == ""
+    before = path.read_bytes()
+    CSVLogger(path, fields)          # same columns now: the file is left as it is
+    assert path.read_bytes() == before

@@ -11,10 +11,12 @@ the built-in ones (:data:`LOGGER_NAMES`); anything with these two methods plugs 
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 from .._optional import require
+from ..atomic import atomic_write_bytes
 
 # csv: metrics.csv, the run's own record (curve.png, resume and the benchmarks read it), so
 # every run keeps it; tensorboard: RUN/tensorboard/
@@ -38,6 +40,25 @@ class CSVLogger:
     def __init__(self, path: Path, fields: Sequence[str]) -> None:
         self.path = Path(path)
         self.fields = list(fields)
+        self._upgrade_header()
+
+    def _upgrade_header(self) -> None:
+        """A file written with other columns (a run resumed after the package gained a column)
+        is rewritten once with the new header, its old rows under it (new cells empty, columns
+        only the old file had kept at the end), so appended rows line up."""
+        if not self.path.is_file():
+            return
+        with open(self.path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            old, rows = list(reader.fieldnames or []), list(reader)
+        if not old or old == self.fields:
+            return
+        self.fields += [k for k in old if k not in self.fields]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=self.fields)
+        w.writeheader()
+        w.writerows({k: r.get(k) or "" for k in self.fields} for r in rows)
+        atomic_write_bytes(self.path, buf.getvalue().encode())
 
     def log_row(self, row: Mapping[str, Any], step: int) -> None:
         new = not self.path.exists()
