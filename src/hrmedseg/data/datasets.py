@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .._optional import require
-from ..atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes, write_json_atomic
 from .augment import as_hw
 from .io import (
     ImageReadError,
@@ -850,7 +850,7 @@ def _build_cache(samples: Sequence[Sample], hw: tuple[int, int], cdir: Path, num
                     entries.pop(stem, None)
                 bar.update(1)
     manifest = {"version": CACHE_VERSION, "size": list(hw), "entries": entries}
-    atomic_write_bytes(cdir / _MANIFEST, json.dumps(manifest, indent=1).encode())
+    write_json_atomic(cdir / _MANIFEST, manifest, indent=1)
     return PreResizeCache(cdir)
 
 
