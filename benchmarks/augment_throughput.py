@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hrmedseg.atomic import atomic_write_bytes
+from hrmedseg.atomic import write_json_atomic
 from hrmedseg.data.augment import BatchAugment, item_seed
 from hrmedseg.data.transforms import train_transform
 from hrmedseg.profiling.speed import sync
@@ -121,7 +121,7 @@ def main() -> int:
                        "images_per_s": {p: round(item_rate(p, args.item_size, args.seconds), 1) for p in POLICIES}}
     out["commit"] = commit
     out["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    atomic_write_bytes(args.out, (json.dumps(out, indent=2) + "\n").encode())
+    write_json_atomic(args.out, out)
     print(json.dumps(out, indent=2))
     return 0
 

@@ -23,6 +23,7 @@ try:
 except ImportError:  # a checkout without install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     import hrmedseg
+from hrmedseg.atomic import write_json_atomic
 from hrmedseg.provenance import source_commit
 
 TINY = dict(embed_dim=24, depth=2, num_heads=(6, 6, 6), neck_dim=32, decoder_heads=4,
@@ -73,10 +74,7 @@ def main(argv: list[str] | None = None) -> int:
               "device": f"CPU {platform.machine()} ({torch.get_num_threads()} threads)",
               "torch": torch.__version__, "model": {"name": "hrmedseg", **TINY},
               "fp32": measure(False), "bf16": measure(True)}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_name(args.output.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(args.output)
+    write_json_atomic(args.output, result)
     print(json.dumps(result, indent=2))
     return 0
 

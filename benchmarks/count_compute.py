@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import hrmedseg
-from hrmedseg.atomic import atomic_write_bytes
+from hrmedseg.atomic import write_json_atomic
 from hrmedseg.profiling.activations import count_activations
 from hrmedseg.profiling.macs import count_macs
 from hrmedseg.provenance import source_commit
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "commit": source_commit(), "command": "python benchmarks/count_compute.py "
            + " ".join(argv if argv is not None else sys.argv[1:]), "results": rows}
-    atomic_write_bytes(args.output, (json.dumps(out, indent=2) + "\n").encode())
+    write_json_atomic(args.output, out)
     print(f"wrote {args.output}")
     return 0
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import statistics
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # a checkout without install
+from hrmedseg.atomic import write_json_atomic  # noqa: E402
 from hrmedseg.provenance import source_commit  # noqa: E402
 
 
@@ -210,8 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                 "command": "python " + " ".join(sys.argv)},
     }
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+        write_json_atomic(args.json, out)
         print(f"wrote {args.json}")
     return 0
 

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hrmedseg.atomic import write_json_atomic
 from hrmedseg.provenance import source_commit
 
 
@@ -106,7 +107,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any] | None:
                "nccl_nvls_enable": os.environ.get("NCCL_NVLS_ENABLE"),
                "command": "torchrun --nproc_per_node=%d %s" % (world, " ".join(sys.argv))}
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"ddp_scaling_w{world}.json").write_text(json.dumps(out, indent=2) + "\n")
+        write_json_atomic(args.out / f"ddp_scaling_w{world}.json", out)
         print(json.dumps(out), flush=True)
     engine.close()
     return out
@@ -169,7 +170,7 @@ def report(folder: Path) -> str:
         lines += ["", "Overrides: `" + real[0]["overrides"] + "`"]
     text = "\n".join(lines) + "\n"
     (folder / "ddp_scaling.md").write_text(text)
-    (folder / "ddp_scaling.json").write_text(json.dumps(runs, indent=2) + "\n")
+    write_json_atomic(folder / "ddp_scaling.json", runs)
     return text
 
 

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hrmedseg.atomic import atomic_write_bytes
+from hrmedseg.atomic import write_json_atomic
 from hrmedseg.provenance import source_commit
 
 
@@ -127,7 +127,7 @@ def mean_std(vals: list[float]) -> str:
 
 
 def write_report(out_dir: Path, info: dict[str, Any]) -> None:
-    (out_dir / "equal_time.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_json_atomic(out_dir / "equal_time.json", info)
     lines = [f"# Equal GPU time: HRMedSeg (default recipe) vs {info['baseline']}", "",
              f"Device {info['device']}, torch {info['torch']}, {info['date']}, commit {info['commit']}. "
              f"Input {info['size']}², batch {info['batch']}, {info['precision']}, budget "
@@ -173,7 +173,7 @@ def _run_cached(args: argparse.Namespace, tag: str, *run_args: Any) -> dict[str,
     if path.is_file():
         return json.loads(path.read_text())
     r = run_one(args, *run_args, tag)
-    atomic_write_bytes(path, (json.dumps(r, indent=2) + "\n").encode())  # other lanes poll for it
+    write_json_atomic(path, r)  # other lanes poll for it
     return r
 
 

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hrmedseg.atomic import write_json_atomic
 from hrmedseg.provenance import source_commit
 
 # Each variant: overrides of the default setting (see ``default_spec``).
@@ -336,7 +337,7 @@ def esc(r: dict[str, Any]) -> str:
 
 def write_outputs(out: Path, info: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "kvasir_early_training.json").write_text(json.dumps(info, indent=1) + "\n")
+    write_json_atomic(out / "kvasir_early_training.json", info, indent=1)
     runs = info["runs"]
     st = info["settings"]
     cpu = info["device"] == "cpu"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import cv2
 
-from hrmedseg.atomic import atomic_write_bytes
+from hrmedseg.atomic import write_json_atomic
 from hrmedseg.provenance import source_commit
 from hrmedseg.training.config import load_config
 from hrmedseg.training.data_setup import build_datasets
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
            "cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
            "opencv": cv2.__version__, "commit": source_commit(),
            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    atomic_write_bytes(args.out, (json.dumps(res, indent=2) + "\n").encode())
+    write_json_atomic(args.out, res)
     print(json.dumps(res, indent=2))
     return 0
 

@@ -25,11 +25,9 @@ import asyncio
 import datetime as dt
 import importlib.util
 import io
-import json
 import os
 import platform
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -80,17 +78,6 @@ def test_png(side: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, "PNG")
     return buf.getvalue()
-
-
-def commit() -> str:
-    if os.environ.get("HRMEDSEG_COMMIT"):
-        return os.environ["HRMEDSEG_COMMIT"]
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def device_info(seg) -> dict:
@@ -247,6 +234,8 @@ def main() -> int:
     a.queue_size = a.queue_size or max(64, 4 * a.clients)
     t_start = time.monotonic()
     check_modules()
+    from hrmedseg.atomic import write_json_atomic   # importable only after check_modules
+    from hrmedseg.provenance import source_commit
 
     results: list[dict] = []
     hard_limit = a.time_limit + 5
@@ -255,9 +244,7 @@ def main() -> int:
         msg = f"still running {hard_limit:.0f} s after start (--time-limit {a.time_limit:g}); gave up"
         print("serve_batching.py: " + msg, file=sys.stderr, flush=True)
         try:
-            a.out.parent.mkdir(parents=True, exist_ok=True)
-            a.out.write_text(json.dumps({"error": msg, "command": " ".join(sys.argv), "phases": results},
-                                        indent=2) + "\n")
+            write_json_atomic(a.out, {"error": msg, "command": " ".join(sys.argv), "phases": results})
         finally:
             os._exit(3)
     timer = threading.Timer(hard_limit, watchdog)
@@ -291,7 +278,7 @@ def main() -> int:
     result = {
         "what": "hrmedseg serve, dynamic batching off vs on, one process: app in uvicorn (thread) on "
                 "127.0.0.1 + asyncio httpx clients; POST /v1/segment with a raw image/png body, PNG mask back",
-        **env, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "commit": commit(),
+        **env, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "commit": source_commit() or "unknown",
         "command": "python benchmarks/serve_batching.py " + " ".join(sys.argv[1:]),
         "settings": {"model": a.model, "model_input_size": a.size, "image_size": a.image_size,
                      "image_png_bytes": len(png), "precision": a.precision, "clients": a.clients,
@@ -301,8 +288,7 @@ def main() -> int:
         "speedup_requests_per_s": speedup,
         "total_s": round(time.monotonic() - t_start, 1),
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(a.out, result)
     print(f"serve_batching: speedup {speedup if speedup is not None else 'n/a'}x, "
           f"{result['total_s']} s in all; wrote {a.out}", flush=True)
     bad = any(r.get("timed_out") or r.get("failed") for r in results)

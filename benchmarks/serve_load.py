@@ -27,6 +27,7 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # a checkout without install
+from hrmedseg.atomic import write_json_atomic  # noqa: E402
 from hrmedseg.provenance import source_commit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         "server_rss_mb": {"before": round(rss_before / 2**20, 1), "after": round(rss_after / 2**20, 1)},
         "batcher": stats,
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(a.out, result)
     print(json.dumps(result, indent=2))
     return 0 if not failures and injected.get("status", 0) // 100 == 4 else 1
 

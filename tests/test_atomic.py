@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from hrmedseg.atomic import atomic_replace_dir, atomic_write_bytes
+from hrmedseg.atomic import atomic_replace_dir, atomic_write_bytes, write_json_atomic
 
 
 @pytest.fixture
@@ -45,3 +45,32 @@ def test_png_mask_written_0644_under_umask_022(tmp_path, umask):
     umask(0o022)
     p = write_mask_png(tmp_path / "m.png", np.zeros((4, 4), np.uint8))
     assert stat.S_IMODE(p.stat().st_mode) == 0o644
+
+
+def test_json_round_trips(tmp_path):
+    import json
+    from pathlib import Path
+
+    obj = {"name": "ü", "values": [1, 2.5, None, True], "nested": {"a": []}}
+    out = write_json_atomic(tmp_path / "sub" / "r.json", obj, indent=1)
+    text = out.read_text()
+    assert json.loads(text) == obj and text.endswith("}\n") and text == json.dumps(obj, indent=1) + "\n"
+    write_json_atomic(out, {"p": Path("/x")}, default=str)
+    assert json.loads(out.read_text()) == {"p": "/x"}
+
+
+def test_json_failure_keeps_the_old_file(tmp_path, monkeypatch):
+    out = write_json_atomic(tmp_path / "r.json", {"v": 1})
+    before = out.read_bytes()
+    with pytest.raises(TypeError):
+        write_json_atomic(out, {"v": object()})       # does not serialise
+    assert out.read_bytes() == before
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)       # the write itself fails
+    with pytest.raises(OSError, match="No space"):
+        write_json_atomic(out, {"v": 2})
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]   # no temporary file left

@@ -1,11 +1,13 @@
 """Atomic file writes: nothing a user made is ever left half-written."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def _umask() -> int:
@@ -52,6 +54,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             pass
         raise
     return p
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 2,
+                      default: Callable[[Any], Any] | None = None) -> Path:
+    """``obj`` as JSON (``indent``, ``default`` as :func:`json.dumps` takes them) with a final
+    newline, written by :func:`atomic_write_bytes`. The text is made before the file is touched, so
+    an object that does not serialise leaves the old file as it was."""
+    return atomic_write_bytes(path, (json.dumps(obj, indent=indent, default=default) + "\n").encode())
 
 
 def atomic_replace_dir(final: str | os.PathLike, write: Callable[[Path], None]) -> Path:

@@ -263,6 +263,52 @@ def test_build_cache_roundtrip_and_staleness(tmp_path: Path) -> None:
     assert time.perf_counter() - t0 < 1.0
 
 
+def test_cached_load_is_memory_mapped_and_equals_decode(tmp_path: Path) -> None:
+    samples = _pairs(tmp_path / "data", n=2, h=20, w=30)
+    cache = build_cache(samples, (20, 30), tmp_path / "cache")   # the training size: stored as decoded
+    cached = SegmentationDataset(samples, cache=cache)
+    direct = SegmentationDataset(samples)
+    for s in samples:
+        img, mask, orig = cached._load(s)
+        ref_img, ref_mask, ref_orig = direct._load(s)
+        for arr, ref in ((img, ref_img), (mask, ref_mask)):
+            assert isinstance(arr, np.memmap) or isinstance(arr.base, np.memmap)
+            assert not arr.flags.writeable
+            assert arr.dtype == ref.dtype and np.array_equal(arr, ref)
+        assert orig == ref_orig == (20, 30)
+
+
+@pytest.mark.parametrize("output", ["uint8", "float32"])
+@pytest.mark.parametrize("grey", [False, True])
+def test_cached_training_batch_equals_uncached(tmp_path: Path, output: str, grey: bool) -> None:
+    from hrmedseg.data.datasets import collate_segmentation
+    from hrmedseg.data.transforms import eval_transform, train_transform
+    from hrmedseg.training.sampler import SeededDataset
+
+    samples = _pairs(tmp_path / "data", n=4, h=24, w=24)
+    if grey:   # one channel on disk, three for the model: the repeat path
+        for s in samples:
+            Image.open(s.image_path).convert("L").save(s.image_path)
+    cdir = tmp_path / "cache"
+    cache = build_cache(samples, 24, cdir)
+    stored = {f: (cdir / f).read_bytes() for f in os.listdir(cdir) if f.endswith(".npy")}
+    images = []
+    for tf in (train_transform(24, "strong"), eval_transform(24), None):
+        batches = []
+        for c in (cache, None):
+            ds = SeededDataset(SegmentationDataset(samples, tf, 1, 3, c, output=output), seed=7)
+            batches.append(collate_segmentation([ds[(i, 3)] for i in range(len(samples))]))
+        with_cache, from_source = batches
+        assert with_cache["image"].dtype == (torch.uint8 if output == "uint8" else torch.float32)
+        assert torch.equal(with_cache["image"], from_source["image"])
+        assert torch.equal(with_cache["mask"], from_source["mask"])
+        assert with_cache["image"].is_contiguous()
+        images.append(with_cache["image"])
+    assert not torch.equal(images[0], images[1])   # the training transform did augment
+    assert torch.equal(images[1], images[2])       # resizing to the size it has is the identity
+    assert {f: (cdir / f).read_bytes() for f in stored} == stored   # nothing wrote into the cache
+
+
 def test_build_cache_skip_errors(tmp_path: Path) -> None:
     samples = _pairs(tmp_path / "data", n=2)
     samples[0].mask_path.write_bytes(b"")

@@ -173,6 +173,31 @@ def test_label_grid_mismatch_is_one_line_error(tmp_path, bad):
     assert bad in msg
 
 
+@pytest.mark.parametrize("empty", ["label", "image", "both"])
+def test_empty_volume_is_one_line_error(tmp_path, empty):
+    from hrmedseg.data.volume_slices import VolumeSliceDataset
+    _nnunet_3d(tmp_path / "d", n_cases=2)
+    aff = np.diag([0.8, 0.8, 2.5, 1.0])
+    files = {"image": tmp_path / "d" / "imagesTr" / "case01_0000.nii.gz",
+             "label": tmp_path / "d" / "labelsTr" / "case01.nii.gz"}
+    for what in (["label", "image"] if empty == "both" else [empty]):
+        nib.save(nib.Nifti1Image(np.zeros((24, 20, 0), np.uint8), aff), files[what])
+    with pytest.raises(ImageReadError) as ei:
+        VolumeSliceDataset(tmp_path / "d", size=32)
+    msg = str(ei.value)
+    named = files["label" if empty == "both" else empty]
+    assert "\n" not in msg and msg.startswith(str(named)) and "empty" in msg and "(24, 20, 0)" in msg
+
+
+def test_volume_without_foreground_is_kept(tmp_path):
+    from hrmedseg.data.volume_slices import VolumeSliceDataset
+    _nnunet_3d(tmp_path / "d", n_cases=1)
+    lab_file = tmp_path / "d" / "labelsTr" / "case00.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((24, 20, 8), np.uint8), nib.load(lab_file).affine), lab_file)
+    ds = VolumeSliceDataset(tmp_path / "d", size=32)
+    assert len(ds) == 8 and int(ds[0]["mask"].abs().sum()) == 0
+
+
 def test_mha_without_simpleitk_is_clear(tmp_path):
     try:
         import SimpleITK  # noqa: F401

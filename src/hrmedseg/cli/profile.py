@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..atomic import atomic_write_bytes
+    from ..atomic import write_json_atomic
     from ..profiling import format_table, profile_model
 
     import torch
@@ -57,7 +57,6 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({k: v for k, v in r.to_dict().items() if k not in ("notes", "env")}))
     print(format_table(results))
     if args.json:
-        payload = json.dumps([r.to_dict() for r in results], indent=2) + "\n"
-        atomic_write_bytes(args.json, payload.encode())
+        write_json_atomic(args.json, [r.to_dict() for r in results])
         print(f"wrote {args.json}")
     return 0

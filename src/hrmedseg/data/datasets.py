@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .._optional import require
-from ..atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes, write_json_atomic
 from .augment import as_hw
 from .io import (
     ImageReadError,
@@ -644,8 +644,8 @@ def _safe_name(stem: str) -> str:
 class PreResizeCache:
     """Read side of the pre-resize cache built by :func:`build_cache`.
 
-    Holds only the manifest; arrays are loaded per call (``np.load`` of a small uncompressed file),
-    so it pickles cheaply into DataLoader workers.
+    Holds only the manifest; arrays are loaded per call (``np.load`` of a small uncompressed file,
+    read-only memory-mapped with ``mmap=True``), so it pickles cheaply into DataLoader workers.
     """
 
     def __init__(self, cache_dir: PathLike) -> None:
@@ -850,7 +850,7 @@ def _build_cache(samples: Sequence[Sample], hw: tuple[int, int], cdir: Path, num
                     entries.pop(stem, None)
                 bar.update(1)
     manifest = {"version": CACHE_VERSION, "size": list(hw), "entries": entries}
-    atomic_write_bytes(cdir / _MANIFEST, json.dumps(manifest, indent=1).encode())
+    write_json_atomic(cdir / _MANIFEST, manifest, indent=1)
     return PreResizeCache(cdir)
 
 
@@ -895,7 +895,8 @@ class SegmentationDataset(Dataset):
     0..K-1; other values raise (``ignore_index`` is allowed through). ``orig_size`` is the size of the
     file on disk, for mapping predictions back. ``mask_threshold`` binarises masks on read (see
     :func:`read_mask`). Cache entries are used only while their source files are unchanged (size and
-    mtime); otherwise the sample is read from source. With ``on_error="skip"`` a broken sample is logged
+    mtime; read memory-mapped, so workers share the page cache); otherwise the sample is read from
+    source. With ``on_error="skip"`` a broken sample is logged
     in one line naming the file and replaced by the next readable index (deterministic).
 
     ``output="uint8"`` is the fast path for training at high resolution, where the CPU float pipeline
@@ -951,7 +952,9 @@ class SegmentationDataset(Dataset):
 
     def _load(self, s: Sample) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
         if self.cache is not None and self.cache.is_fresh(s):
-            return self.cache.load(s.stem)
+            # Memory-mapped: DataLoader workers share the page cache instead of each copying the
+            # arrays. They are read-only; every path below copies before it writes (or makes tensors).
+            return self.cache.load(s.stem, mmap=True)
         img = _read_sample_image(s)
         mask = read_mask(s.mask_path, threshold=self.mask_threshold)
         if img.shape[:2] != mask.shape:

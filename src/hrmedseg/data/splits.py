@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_bytes
+from ..atomic import write_json_atomic
 
 __all__ = ["Splits", "load_splits", "kfold_splits", "random_split", "write_splits"]
 
@@ -191,4 +191,4 @@ def write_splits(path: PathLike, splits: Splits | Mapping[str, Any], **meta: Any
     _check_disjoint({k: data[k] for k in ("train", "val", "test") if k in data}, str(path))
     ordered = {k: data[k] for k in ("seed", "protocol") if k in data}
     ordered.update({k: v for k, v in data.items() if k not in ordered})
-    return atomic_write_bytes(path, (json.dumps(ordered, indent=1) + "\n").encode())
+    return write_json_atomic(path, ordered, indent=1)

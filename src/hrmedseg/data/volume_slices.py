@@ -82,6 +82,17 @@ def discover_volume_cases(root: str | Path) -> list[VolumeCase]:
     return cases
 
 
+def _read_nonempty(path: Path, what: str) -> Volume:
+    """The volume at ``path``; one line naming the file if it holds no voxels (a zero-length axis)."""
+    vol = read_nifti_volume(path)
+    if vol.data.size == 0:
+        # the header's shape: the data of a zero-length axis come back flattened
+        shape = vol.header.get_data_shape() if vol.header is not None else vol.shape
+        raise ImageReadError(path, f"{what} volume is empty (shape {tuple(int(n) for n in shape)}): "
+                                   "it has no voxels")
+    return vol
+
+
 class VolumeSliceDataset(Dataset):
     """2-D slices of 3-D cases; see the module docstring."""
 
@@ -128,13 +139,13 @@ class VolumeSliceDataset(Dataset):
         if hit is not None:
             self._cache.move_to_end(c.case)
             return hit
-        img = read_nifti_volume(c.image)
-        lab = read_nifti_volume(c.label)
+        lab = _read_nonempty(c.label, "label")
+        img = _read_nonempty(c.image, "image")
         check_label_matches(img, lab)
         if lab.data.dtype.kind == "f" and not np.all(np.mod(lab.data, 1) == 0):
             raise ImageReadError(c.label, "label volume has non-integer values")
         labels = np.asarray(lab.data).astype(np.int64)
-        hi = int(labels.max()) if labels.size else 0
+        hi = int(labels.max())
         if labels.min() < 0 or hi >= max(self.num_classes, 2):
             raise ImageReadError(c.label, f"label values up to {hi} but num_classes={self.num_classes}")
         u8 = np.rint(apply_window(img.data, self.window) * 255).astype(np.uint8)

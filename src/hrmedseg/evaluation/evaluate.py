@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes, write_json_atomic
 from ..data.io import ImageReadError, read_image, read_mask, write_image_png
 from ..inference.visualize import prediction_overlay
 from ..progress import progress as progress_bar
@@ -112,7 +111,7 @@ def write_results(out_dir: Path, rows: Rows, rows_model: Rows, summary: dict[str
     """``per_image.csv`` (both resolutions, in sample order) and ``summary.json``, atomically."""
     _write_csv(Path(out_dir) / "per_image.csv", [r for _, r in sorted(rows, key=lambda t: t[0])],
                [r for _, r in sorted(rows_model, key=lambda t: t[0])])
-    atomic_write_bytes(Path(out_dir) / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    write_json_atomic(Path(out_dir) / "summary.json", summary)
 
 
 def evaluate_samples(segmenter: Any, samples: Sequence[Any], out_dir: Path | None = None,

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes, write_json_atomic
 from ..data.volumes import check_label_matches, read_volume, write_label_volume
 from ..inference.volume import predict_volume
 from ..metrics.segmentation import EMPTY_MASK_POLICY
@@ -38,7 +37,7 @@ def evaluate_volume_cases(segmenter: Any, cases: Sequence[Any], class_names: lis
                "empty_mask_policy": EMPTY_MASK_POLICY, "axis": axis, "window": window}
     if out_dir is not None:
         out = Path(out_dir)
-        atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        write_json_atomic(out / "summary.json", summary)
         atomic_write_bytes(out / "table2.md", table2_report(rows, organs).encode())
         keys = sorted({k for r in rows.values() for k in r})
         buf = io.StringIO()

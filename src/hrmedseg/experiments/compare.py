@@ -283,7 +283,7 @@ def run_compare(spec: CompareSpec, out_dir: str | Path | None = None, device: st
                 train_fn: Callable[[Config], dict[str, Any]] | None = None,
                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train (or resume, or skip when complete) every model, then write the comparison table."""
-    from ..atomic import atomic_write_bytes
+    from ..atomic import atomic_write_bytes, write_json_atomic
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     custom_train = train_fn is not None
@@ -341,7 +341,6 @@ def run_compare(spec: CompareSpec, out_dir: str | Path | None = None, device: st
     md = format_compare_markdown(rows, meta)
     atomic_write_bytes(root / "compare.md", md.encode())
     atomic_write_bytes(root / "compare.csv", _csv(rows).encode())
-    atomic_write_bytes(root / "compare.json",
-                       (json.dumps({**meta, "rows": rows}, indent=2, default=str) + "\n").encode())
+    write_json_atomic(root / "compare.json", {**meta, "rows": rows}, default=str)
     return {"rows": rows, "meta": meta, "markdown": md,
             "paths": {k: root / f"compare.{k}" for k in ("md", "csv", "json")}}

@@ -50,7 +50,7 @@ from typing import Any
 import torch
 import yaml
 
-from ..atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes, write_json_atomic
 from ..data.datasets import discover_pairs
 from ..provenance import source_commit
 from ..training.checkpoint import find_checkpoint, load_state
@@ -467,7 +467,7 @@ def _read_json(p: Path) -> dict[str, Any]:
 
 
 def _write_json(p: Path, data: dict[str, Any]) -> None:
-    atomic_write_bytes(p, (json.dumps(data, indent=2) + "\n").encode())
+    write_json_atomic(p, data)
 
 
 def _check_data(row: Row, data_dir: str | Path) -> None:

@@ -50,8 +50,8 @@ def _resolve_model(source: str | os.PathLike | nn.Module, device: torch.device
     p = Path(source)
     for cand in (p, p / "checkpoints" / "best", p / "checkpoints" / "last"):
         if (cand / "config.json").is_file():
-            meta = read_config(cand).get("metadata", {})
-            return from_pretrained(cand).to(device), meta.get("preprocess", {})
+            pre = folder_preprocess(cand / "config.json", read_config(cand))
+            return from_pretrained(cand).to(device), pre
     name, _, tag = str(source).partition(":")
     if is_model(name):
         # A name alone means the model's shipped whole-model weight ("full"), never an
@@ -63,6 +63,43 @@ def _resolve_model(source: str | os.PathLike | nn.Module, device: torch.device
         raise FileNotFoundError(f"{p}: not a model folder (no config.json in it, "
                                 f"nor in checkpoints/best or checkpoints/last)")
     raise FileNotFoundError(f"{source}: neither a model folder nor a registered model name")
+
+
+def folder_preprocess(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The preprocessing a model folder's ``config.json`` (``path``, read as ``config``) records.
+
+    Layouts written by the package: ``preprocess`` at the top level (every
+    :meth:`~hrmedseg.models._base.SegmentationModel.save_pretrained`: the trainer's
+    ``metadata["preprocess"]`` when given, else the model's own), and ``metadata.preprocess``
+    alone (folders saved before the top-level key); the top level wins where both are. Neither:
+    ``{}`` (the model's defaults apply). Anything else -- a ``preprocess`` or ``metadata`` that
+    is not a mapping, a ``size`` that is not a side or [height, width] of positive integers, a
+    ``normalize`` that is not a name -- is refused, before any weights are read, with a one-line
+    :class:`~hrmedseg.models._hub.CheckpointError` naming the file.
+    """
+    from ..models._hub import CheckpointError
+
+    meta = config.get("metadata", {})
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: 'metadata' is a {type(meta).__name__}, not a mapping")
+    for where, pre in (("preprocess", config.get("preprocess")), ("metadata.preprocess", meta.get("preprocess"))):
+        if pre is None:
+            continue
+        if not isinstance(pre, dict):
+            raise CheckpointError(f"{path}: '{where}' is a {type(pre).__name__}, not a mapping of "
+                                  "size, normalize, ...")
+        size = pre.get("size")
+        sides = [size, size] if isinstance(size, int) else size
+        if size is not None and not (isinstance(sides, list) and len(sides) == 2 and all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sides)):
+            raise CheckpointError(f"{path}: '{where}.size' is {size!r}, not a side or [height, width] "
+                                  "of positive integers")
+        if "normalize" in pre and not isinstance(pre["normalize"], str):
+            raise CheckpointError(f"{path}: '{where}.normalize' is {pre['normalize']!r}, not a "
+                                  "normalisation name")
+        if pre:
+            return dict(pre)
+    return {}
 
 
 def _weight_preprocess(tag: str) -> dict[str, Any]:

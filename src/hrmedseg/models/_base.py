@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -10,7 +9,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes, write_json_atomic
 from ..errors import HrmedsegError
 from ._hub import CONFIG_NAME, README_NAME, WEIGHTS_NAME, from_pretrained as _load_pretrained
 
@@ -183,7 +182,7 @@ class SegmentationModel(nn.Module):
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         atomic_write_bytes(directory / WEIGHTS_NAME, st_save(tensors))
         atomic_write_bytes(directory / README_NAME, self.model_card(preprocess).encode())
-        atomic_write_bytes(directory / CONFIG_NAME, (json.dumps(cfg, indent=2) + "\n").encode())
+        write_json_atomic(directory / CONFIG_NAME, cfg)
         return directory
 
     @classmethod

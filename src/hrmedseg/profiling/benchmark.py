@@ -353,13 +353,13 @@ def benchmark_meta(device: str, size: tuple[int, int], batch: int, dtypes: Seque
 def write_benchmark(rows: Sequence[BenchmarkRow], out_dir: str | Path, meta: Mapping[str, Any],
                     dice: Mapping[str, float] | None = None) -> dict[str, Path]:
     """Write ``benchmark.json``, ``benchmark.md`` and ``benchmark.png`` into ``out_dir``."""
-    from ..atomic import atomic_write_bytes
+    from ..atomic import atomic_write_bytes, write_json_atomic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "benchmark.json", "md": out / "benchmark.md", "png": out / "benchmark.png"}
     payload = {**meta, "dice": dict(dice) if dice else None, "results": [r.to_dict() for r in rows]}
-    atomic_write_bytes(paths["json"], (json.dumps(payload, indent=2) + "\n").encode())
+    write_json_atomic(paths["json"], payload)
     atomic_write_bytes(paths["md"], format_markdown(rows, meta).encode())
     title = f"{meta.get('device_name')} · {meta['size'][0]}x{meta['size'][1]} · commit {meta.get('commit')}"
     plot_benchmark(rows, paths["png"], dice=dice, title=title)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import gc
-import json
 import platform
 import statistics
 import sys
@@ -19,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..atomic import atomic_write_bytes
+from ..atomic import write_json_atomic
 from ..provenance import source_commit
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -277,4 +276,4 @@ def result_header(script: str, dev: torch.device, argv: list[str] | None = None)
 def write_result(path: str | Path, data: dict[str, Any]) -> Path:
     """The result as indented JSON, written atomically (a run killed midway keeps the last
     complete file)."""
-    return atomic_write_bytes(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
+    return write_json_atomic(path, data, default=str)

@@ -420,15 +420,15 @@ class Engine:
             "argv": sys.argv, "compile": self.task.compile_mode,
             "compile_reason": self.task.compile_reason, **self.task.run_info(),
         }
-        from ..atomic import atomic_write_bytes
+        from ..atomic import write_json_atomic
         name = "env.json" if resumed_from is None else f"env_resume_step{self.global_step}.json"
-        atomic_write_bytes(self.run_dir / name, (json.dumps(env, indent=2, default=str) + "\n").encode())
+        write_json_atomic(self.run_dir / name, env, default=str)
         if resumed_from is not None and (self.run_dir / "env.json").is_file():
             # env.json says the run was resumed (the first session's facts stay in it)
             first = json.loads((self.run_dir / "env.json").read_text())
             first["resumed"] = True
             first.setdefault("resumes", []).append(env["resumed_from"])
-            atomic_write_bytes(self.run_dir / "env.json", (json.dumps(first, indent=2) + "\n").encode())
+            write_json_atomic(self.run_dir / "env.json", first)
 
     def _open_loggers(self, resumed_from: Path | None) -> None:
         if not self.info.is_main:

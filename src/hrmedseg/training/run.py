@@ -6,10 +6,9 @@ student or model folder) and writes ``summary.json``.
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from .config import Config
 from .engine import Engine
@@ -63,7 +62,6 @@ def train(cfg: Config, resume: bool = True, task: Task | None = None,
     finally:
         engine.close()
     if engine.info.is_main:
-        from ..atomic import atomic_write_bytes
-        atomic_write_bytes(Path(cfg.train.out_dir) / "summary.json",
-                           (json.dumps(summary, indent=2, default=str) + "\n").encode())
+        from ..atomic import write_json_atomic
+        write_json_atomic(Path(cfg.train.out_dir) / "summary.json", summary, default=str)
     return summary

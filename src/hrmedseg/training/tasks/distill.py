@@ -258,9 +258,9 @@ class TeacherCache:
         return torch.from_numpy(np.load(f)).float()
 
     def write_manifest(self) -> None:
-        from ...atomic import atomic_write_bytes
+        from ...atomic import write_json_atomic
         data = {**self.key, "entries": self.entries}
-        atomic_write_bytes(self.root / "manifest.json", (json.dumps(data, indent=1) + "\n").encode())
+        write_json_atomic(self.root / "manifest.json", data, indent=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,7 +400,7 @@ class DistillTask(Task):
                              f" (neck_dim must equal the teacher's channels)")
 
     def prepare(self, resumed: bool) -> None:
-        from ...atomic import atomic_write_bytes
+        from ...atomic import write_json_atomic
         from ..distributed import barrier
         if self.engine.info.is_main:
             info = {**asdict(self.cfg.distill), "student": self.cfg.model.name,
@@ -412,8 +412,7 @@ class DistillTask(Task):
                     "student_input": "the teacher's preprocessed tensor (SAM mean/std = ImageNet "
                                      "normalisation, longest side resized, zero-padded)",
                     "device": str(self.device), "torch": torch.__version__, "resumed": resumed}
-            atomic_write_bytes(self.run_dir / "distill_config.json",
-                               (json.dumps(info, indent=2) + "\n").encode())
+            write_json_atomic(self.run_dir / "distill_config.json", info)
         self.computed = self.fill_cache()
         barrier(self.engine.info)
         if not self.engine.info.is_main:     # the main process wrote the missing embeddings

@@ -74,7 +74,6 @@ continues from ``checkpoints/last`` at the exact batch where it stopped.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -639,7 +638,7 @@ class ESPTask(Task):
         return {"datasets": {p.spec.name: len(p.train) for p in self.parts}}
 
     def _write_config(self, resumed: bool) -> None:
-        from ...atomic import atomic_write_bytes
+        from ...atomic import write_json_atomic
         info = {**asdict(self.e),
                 "resolved": {
                     "num_modalities": self.model.num_modalities,
@@ -660,8 +659,7 @@ class ESPTask(Task):
                     "student_input": f"resized to {self.size}², ImageNet mean/std on 0-1 "
                                      f"(= SAM's pixel mean/std on 0-255); teachers see the same",
                     "device": str(self.device), "torch": torch.__version__, "resumed": resumed}}
-        atomic_write_bytes(self.run_dir / "esp_config.json",
-                           (json.dumps(info, indent=2, default=str) + "\n").encode())
+        write_json_atomic(self.run_dir / "esp_config.json", info, default=str)
 
     # -- after fit --------------------------------------------------------------------------
     def save_model(self) -> Path:

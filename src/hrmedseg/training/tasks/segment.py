@@ -3,7 +3,6 @@ configured loss; validation Dice/IoU picks the best checkpoint, which is evaluat
 split at the end."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -293,7 +292,7 @@ class SegmentTask(Task):
         and ``predict`` on the run find its test split without a splits file in the data."""
         if self.data is None or not self.engine.info.is_main:
             return
-        from ...atomic import atomic_write_bytes
+        from ...atomic import write_json_atomic
         parts: dict[str, list[str]] = {}
         for key, ds in (("train", self.data.train), ("val", self.data.val), ("test", self.data.test)):
             samples = getattr(ds, "samples", None) if ds is not None else []
@@ -301,8 +300,7 @@ class SegmentTask(Task):
                 return           # 3-D slice datasets: split by case elsewhere
             parts[key] = [s.stem for s in samples]
         path = Path(self.cfg.train.out_dir) / "splits.json"
-        atomic_write_bytes(path, (json.dumps({**parts, "data_root": str(Path(self.cfg.data.root).resolve())},
-                                             indent=1) + "\n").encode())
+        write_json_atomic(path, {**parts, "data_root": str(Path(self.cfg.data.root).resolve())}, indent=1)
 
     # -- after fit --------------------------------------------------------------------------
     def finish(self, result: Any) -> dict[str, Any]:
