@@ -75,6 +75,8 @@ class Entry:
     command: str = ""
     train: list[str] = field(default_factory=list)
     verb: str = "train"
+    prepare: str = ""         # train: a command run before each call's step (idempotent)
+    needs: list[str] = field(default_factory=list)   # dataset folders under {data}
     weights_out: bool = False
 
 
@@ -118,6 +120,7 @@ def load_table(path: Path = TABLE) -> list[Entry]:
             raise TableError(f"{path}: {eid}: unknown field {sorted(extra)[0]!r}")
         out.append(Entry(**{**item, "id": eid, "kind": kind, "minutes": float(item["minutes"]),
                             "require": list(item.get("require") or []),
+                            "needs": list(item.get("needs") or []),
                             "train": [str(a) for a in item.get("train") or []]}))
     return out
 
@@ -161,6 +164,17 @@ def _steps_estimate(entry: Entry) -> int:
         return len(row.units()) // max(1, len(row.all_arms()))
     except Exception:  # noqa: BLE001 - the estimate only
         return 3
+
+
+def needed_datasets(entry: Entry) -> list[str]:
+    """The dataset folders an entry reads: its ``needs``, or a reproduce row's datasets."""
+    if entry.kind != "reproduce":
+        return list(entry.needs)
+    try:
+        from hrmedseg.experiments.reproduce import load_row
+        return list(load_row(entry.id).datasets())
+    except Exception:  # noqa: BLE001 - preparing the steps reports the row's problem
+        return []
 
 
 # ----------------------------------------------------------------------------- steps
@@ -247,7 +261,10 @@ def train_steps(entry: Entry, ctx: Context) -> list[Step]:
         write_result(ROOT / entry.result, train_result(entry, run_dir, argv))
         return None
 
-    return [Step(entry, entry.id, argv, entry.minutes, True, time_limit, after)]
+    steps = [Step(entry, entry.id, argv, entry.minutes, True, time_limit, after)]
+    if entry.prepare:
+        steps.insert(0, Step(entry, f"{entry.id} prepare", shlex.split(_fill(entry.prepare, ctx, entry)), 0.5))
+    return steps
 
 
 def reproduce_steps(entry: Entry, ctx: Context) -> list[Step]:
@@ -323,7 +340,7 @@ def run_step(argv: list[str], deadline_s: float, log: Callable[[str], None],
 
 
 def run(entries: list[Entry], ctx: Context, minutes: float, out: Path | None, *, dry_run: bool = False,
-        fill: bool = False, partial: bool = False, margin_min: float = 0.5,
+        fill: bool = False, partial: bool = False, margin_min: float = 1.5,
         log: Callable[[str], None] = print) -> dict[str, list[str]]:
     """Run the pending entries' steps within ``minutes``; returns {"done", "failed", "left"} ids."""
     start = time.monotonic()
@@ -337,6 +354,11 @@ def run(entries: list[Entry], ctx: Context, minutes: float, out: Path | None, *,
         if stop:
             report["left"].append(entry.id)
             continue
+        absent = [n for n in needed_datasets(entry) if not (Path(ctx.data) / n).is_dir()]
+        if absent:
+            log(f"{entry.id}: skipped, {Path(ctx.data) / absent[0]} is not here (carry it)")
+            report["left"].append(entry.id)
+            continue
         try:
             steps = STEP_MAKERS[entry.kind](entry, ctx)
         except Exception as exc:  # noqa: BLE001 - one line, the next entry runs
@@ -347,7 +369,7 @@ def run(entries: list[Entry], ctx: Context, minutes: float, out: Path | None, *,
         for step in steps:
             left = (deadline - time.monotonic()) / 60.0
             fits = step.minutes <= left
-            if not fits and not (partial and step.resumable and left > 2 * margin_min + 1.0):
+            if not fits and not (partial and step.resumable and left > 2 * margin_min + 0.5):
                 log(f"{step.label}: needs ~{step.minutes:g} min, {max(left, 0):.1f} left; not started")
                 if not fill:
                     stop = True
@@ -494,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--device", default="auto")
     r.add_argument("--commit", default=os.environ.get("HRMEDSEG_COMMIT"),
                    help="source commit recorded in results (the device copy has no .git)")
-    r.add_argument("--margin-min", type=float, default=0.5,
+    r.add_argument("--margin-min", type=float, default=1.5,
                    help="minutes a resumable step leaves for start-up, test and writing")
     r.add_argument("--fill", action="store_true", help="after a step that does not fit, try later ones")
     r.add_argument("--partial", action="store_true",

@@ -211,21 +211,22 @@ def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def parse_max_side(values: list[str], names: list[str]) -> dict[str, int | None]:
-    """``N`` (every dataset) and/or ``NAME=N`` items -> {dataset: max side or None}."""
-    out: dict[str, int | None] = dict.fromkeys(names)
+def parse_per_dataset(values: list[str], names: list[str], flag: str, low: int, high: int,
+                      default: int | None) -> dict[str, int | None]:
+    """``N`` (every dataset) and/or ``NAME=N`` items -> {dataset: value}; ``default`` elsewhere."""
+    out: dict[str, int | None] = dict.fromkeys(names, default)
     for v in values:
         name, _, num = v.rpartition("=")
         try:
-            side = int(num)
+            value = int(num)
         except ValueError:
-            raise PackError(f"--max-side {v!r}: expected N or NAME=N") from None
-        if side < 16:
-            raise PackError(f"--max-side {v!r}: the side must be at least 16")
+            raise PackError(f"{flag} {v!r}: expected N or NAME=N") from None
+        if not low <= value <= high:
+            raise PackError(f"{flag} {v!r}: must be in {low}..{high}")
         if name and name not in out:
-            raise PackError(f"--max-side {v!r}: {name} is not among the packed datasets")
+            raise PackError(f"{flag} {v!r}: {name} is not among the packed datasets")
         for k in ([name] if name else names):
-            out[k] = side
+            out[k] = value
     return out
 
 
@@ -233,29 +234,27 @@ def mib(n: int) -> float:
     return n / 2 ** 20
 
 
-def pack(src: Path, dst: Path, datasets: list[str], *, quality: int = DEFAULT_QUALITY,
+def pack(src: Path, dst: Path, datasets: list[str], *, quality: dict[str, int] | None = None,
          lossless: bool = False, max_side: dict[str, int | None] | None = None,
          instances: bool = True, weights: list[Path] = (), budget_mib: float | None = None,
          verify: bool = True, jobs: int = 1, force: bool = False,
          log=print) -> dict[str, Any]:  # noqa: ANN001 - any print-like callable
     """Pack ``datasets`` of ``src`` into ``dst`` (see the module text); returns the manifest."""
     max_side = max_side or {}
+    quality = {n: (quality or {}).get(n) or DEFAULT_QUALITY for n in datasets}
     for name in datasets:
         if not (src / name).is_dir():
             raise PackError(f"{src / name}: dataset folder not found")
     for w in weights:
         if not Path(w).is_file():
             raise PackError(f"{w}: weights file not found")
-    if not 1 <= quality <= 100:
-        raise PackError(f"--quality {quality}: must be in 1..100")
     if dst.exists() and not force:
         raise PackError(f"{dst}: exists; pass --force to replace it")
     partial = dst.with_name(dst.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    plans = {name: plan_dataset(src / name, partial / name, max_side.get(name), quality, lossless,
+    plans = {name: plan_dataset(src / name, partial / name, max_side.get(name), quality[name], lossless,
                                 instances) for name in datasets}
-    manifest: dict[str, Any] = {"source": str(src), "quality": None if lossless else quality,
-                                "lossless": lossless, "instances": instances, "datasets": {},
+    manifest: dict[str, Any] = {"source": str(src), "lossless": lossless, "instances": instances, "datasets": {},
                                 "weights": {}}
     try:
         with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -263,7 +262,8 @@ def pack(src: Path, dst: Path, datasets: list[str], *, quality: int = DEFAULT_QU
                 sizes = list(pool.map(pack_file, plan, chunksize=8))
                 manifest["datasets"][name] = {
                     "files": len(sizes), "source_mib": round(mib(folder_bytes(src / name)), 2),
-                    "mib": round(mib(sum(s for _, s in sizes)), 2), "max_side": max_side.get(name)}
+                    "mib": round(mib(sum(s for _, s in sizes)), 2), "max_side": max_side.get(name),
+                    "quality": None if lossless else quality[name]}
                 log(f"{name}: {len(sizes)} files, {manifest['datasets'][name]['source_mib']:.1f} MiB"
                     f" -> {manifest['datasets'][name]['mib']:.1f} MiB")
         if verify:
@@ -303,7 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dst", default=".gpu/data", help="packed copy (replaced with --force)")
     ap.add_argument("--datasets", default="dsb2018,kvasir-seg,drive",
                     help="comma-separated dataset folder names")
-    ap.add_argument("--quality", type=int, default=DEFAULT_QUALITY, help="WebP quality of images")
+    ap.add_argument("--quality", action="append", default=[], metavar="[NAME=]Q",
+                    help=f"WebP quality of images, 1..100 (all datasets, or NAME only); repeatable; "
+                         f"default {DEFAULT_QUALITY}")
     ap.add_argument("--lossless", action="store_true", help="lossless WebP images")
     ap.add_argument("--max-side", action="append", default=[], metavar="[NAME=]N",
                     help="downscale so the longer side is at most N (all datasets, or NAME only); "
@@ -319,8 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     names = [n for n in args.datasets.split(",") if n]
     try:
-        pack(Path(args.src), Path(args.dst), names, quality=args.quality, lossless=args.lossless,
-             max_side=parse_max_side(args.max_side, names), instances=not args.no_instances,
+        pack(Path(args.src), Path(args.dst), names,
+             quality=parse_per_dataset(args.quality, names, "--quality", 1, 100, DEFAULT_QUALITY),
+             lossless=args.lossless, instances=not args.no_instances,
+             max_side=parse_per_dataset(args.max_side, names, "--max-side", 16, 1 << 20, None),
              weights=[Path(w) for w in args.weights], budget_mib=args.budget_mib,
              verify=not args.no_verify, jobs=args.jobs, force=args.force)
     except (PackError, ImageReadError) as exc:

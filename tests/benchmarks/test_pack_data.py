@@ -66,7 +66,7 @@ def test_packed_folder_reads_back_as_the_original(tmp_path):
             (src / "toy/instances" / f"{s.stem}.png").read_bytes()
     check = manifest["datasets"]["toy"]["check"]
     assert check["samples"] == 4 and check["labels_checked"] == 8
-    assert json.loads((tmp_path / "out" / pack_data.MANIFEST).read_text())["quality"] == 92
+    assert json.loads((tmp_path / "out" / pack_data.MANIFEST).read_text())["datasets"]["toy"]["quality"] == 92
 
 
 def test_max_side_downscales_images_and_labels_by_nearest(tmp_path):
@@ -128,7 +128,10 @@ def test_bad_arguments_are_one_line(tmp_path, capsys):
     assert pack_data.main(["--src", str(tmp_path), "--dst", str(tmp_path / "o"), "--datasets", "nope"]) == 2
     assert "dataset folder not found" in capsys.readouterr().err
     with pytest.raises(pack_data.PackError, match="expected N or NAME=N"):
-        pack_data.parse_max_side(["a=b"], ["a"])
+        pack_data.parse_per_dataset(["a=b"], ["a"], "--max-side", 16, 99, None)
+    with pytest.raises(pack_data.PackError, match="must be in 1..100"):
+        pack_data.parse_per_dataset(["0"], ["a"], "--quality", 1, 100, 92)
+    assert pack_data.parse_per_dataset(["80", "b=70"], ["a", "b"], "--quality", 1, 100, 92) == {"a": 80, "b": 70}
 
 
 def test_scaled_hw_caps_the_longer_side():
