@@ -147,7 +147,7 @@ def format_list(entries: list[Entry], root: Path | None = None) -> str:
         st = result_state(e, root)
         if st != "done":
             pending += e.minutes * _steps_estimate(e)
-        rows.append((e.id, e.kind, st, f"{e.minutes:g}" + (" /seed" if e.kind == "reproduce" else ""),
+        rows.append((e.id, e.kind, st, f"{e.minutes:g}" + (" /run" if e.kind == "reproduce" else ""),
                      e.result, e.serves))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5] for r in rows]
@@ -160,8 +160,7 @@ def _steps_estimate(entry: Entry) -> int:
         return 1
     try:
         from hrmedseg.experiments.reproduce import load_row
-        row = load_row(entry.id)
-        return len(row.units()) // max(1, len(row.all_arms()))
+        return len(load_row(entry.id).units())
     except Exception:  # noqa: BLE001 - the estimate only
         return 3
 
@@ -189,6 +188,7 @@ class Step:
     resumable: bool = False
     time_limit: Callable[[float], list[str]] | None = None
     after: Callable[[], str | None] | None = None   # writes the result; returns a problem or None
+    complete: Callable[[], bool] | None = None      # False: stopped by its time limit, resumes later
 
 
 def _fill(text: str, ctx: Context, entry: Entry) -> str:
@@ -261,7 +261,8 @@ def train_steps(entry: Entry, ctx: Context) -> list[Step]:
         write_result(ROOT / entry.result, train_result(entry, run_dir, argv))
         return None
 
-    steps = [Step(entry, entry.id, argv, entry.minutes, True, time_limit, after)]
+    steps = [Step(entry, entry.id, argv, entry.minutes, True, time_limit, after,
+                  lambda: _train_finished(run_dir))]
     if entry.prepare:
         steps.insert(0, Step(entry, f"{entry.id} prepare", shlex.split(_fill(entry.prepare, ctx, entry)), 0.5))
     return steps
@@ -283,12 +284,14 @@ def reproduce_steps(entry: Entry, ctx: Context) -> list[Step]:
     for label, units in by_label.items():
         folders = [run_folder(out, row, u, build_spec(row, u, ctx.data, (), weights, ctx.device))
                    for u in units]
-        if all((f / DONE_NAME).is_file() for f in folders):
+        pending = sum(not (f / DONE_NAME).is_file() for f in folders)
+        if not pending:
             continue
         n = units[0].fold if units[0].fold is not None else units[0].seed
         steps.append(Step(entry, f"{entry.id} {label}", [*base, "--seeds", str(n)],
-                          entry.minutes * len(units), True,
-                          lambda m: ["--time-limit-min", f"{m:.2f}"]))
+                          entry.minutes * pending, True,
+                          lambda m: ["--time-limit-min", f"{m:.2f}"],
+                          complete=lambda fs=folders: all((f / DONE_NAME).is_file() for f in fs)))
 
     def after() -> str | None:
         made = out / f"{entry.id}.json"
@@ -393,6 +396,10 @@ def run(entries: list[Entry], ctx: Context, minutes: float, out: Path | None, *,
             if rc != 0:
                 log(f"{step.label}: FAILED (exit {rc}) after {took:.1f} min")
                 failed = True
+                break
+            if step.complete is not None and not step.complete():
+                log(f"{step.label}: stopped by its time limit after {took:.1f} min; the next call continues it")
+                stop = True
                 break
             problem = step.after() if step.after is not None else None
             if problem:
