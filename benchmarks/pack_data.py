@@ -23,6 +23,7 @@ it, the copy is removed and one line says so (exit 2). ``DST/pack.json`` records
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
@@ -234,10 +235,25 @@ def mib(n: int) -> float:
     return n / 2 ** 20
 
 
+def write_half_checkpoint(src: Path, dst: Path) -> None:
+    """A ``.pt`` state dict with its float32 tensors stored as float16: half the bytes, for a
+    working tree with a size limit; ``hrmedseg reproduce`` says so in the row's deviations."""
+    import torch
+    state = torch.load(src, map_location="cpu", weights_only=True)
+    inner = state.get("model", state) if isinstance(state, dict) else None
+    if not isinstance(inner, dict):
+        raise PackError(f"{src}: not a state dict checkpoint; --half-weights needs one")
+    half = {k: (v.half() if isinstance(v, torch.Tensor) and v.dtype == torch.float32 else v)
+            for k, v in inner.items()}
+    buf = io.BytesIO()
+    torch.save(half, buf)
+    atomic_write_bytes(dst, buf.getvalue())
+
+
 def pack(src: Path, dst: Path, datasets: list[str], *, quality: dict[str, int] | None = None,
          lossless: bool = False, max_side: dict[str, int | None] | None = None,
          instances: bool = True, weights: list[Path] = (), budget_mib: float | None = None,
-         verify: bool = True, jobs: int = 1, force: bool = False,
+         half_weights: bool = False, verify: bool = True, jobs: int = 1, force: bool = False,
          log=print) -> dict[str, Any]:  # noqa: ANN001 - any print-like callable
     """Pack ``datasets`` of ``src`` into ``dst`` (see the module text); returns the manifest."""
     max_side = max_side or {}
@@ -272,9 +288,12 @@ def pack(src: Path, dst: Path, datasets: list[str], *, quality: dict[str, int] |
                 manifest["datasets"][name]["check"] = report
                 log(f"{name}: {report['samples']} samples, {report['labels_checked']} label files equal"
                     f" to the original's, image PSNR {report['mean_psnr_db']} dB")
-        weights_bytes = sum(Path(w).stat().st_size for w in weights)
+        # float16 copies take half the bytes (the .pt container adds a little)
+        weights_bytes = sum(Path(w).stat().st_size // (2 if half_weights else 1) for w in weights)
         total = folder_bytes(partial) + weights_bytes
-        manifest["weights"] = {Path(w).name: round(mib(Path(w).stat().st_size), 2) for w in weights}
+        manifest["weights"] = {Path(w).name: round(mib(Path(w).stat().st_size)
+                                                   / (2 if half_weights else 1), 2) for w in weights}
+        manifest["weights_dtype"] = "float16" if half_weights else "as given"
         manifest["total_mib"] = round(mib(total), 2)
         if budget_mib is not None and mib(total) > budget_mib:
             raise PackError(f"{dst}: packed size {mib(total):.1f} MiB exceeds --budget-mib "
@@ -290,7 +309,10 @@ def pack(src: Path, dst: Path, datasets: list[str], *, quality: dict[str, int] |
         wdir = dst.parent / "weights"
         wdir.mkdir(parents=True, exist_ok=True)
         for w in weights:
-            shutil.copyfile(w, wdir / Path(w).name)
+            if half_weights:
+                write_half_checkpoint(Path(w), wdir / Path(w).name)
+            else:
+                shutil.copyfile(w, wdir / Path(w).name)
     parts = [f"{k} {v['mib']:.1f}" for k, v in manifest["datasets"].items()]
     parts += [f"weights {mib(weights_bytes):.1f}"] if weights else []
     log(f"total {manifest['total_mib']:.1f} MiB ({', '.join(parts)} MiB) in {dst}")
@@ -313,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-instances", action="store_true",
                     help="leave instances/ folders (instance-id masks) out")
     ap.add_argument("--weights", nargs="*", default=[], help="files to copy into DST/../weights/")
+    ap.add_argument("--half-weights", action="store_true",
+                    help="store the weights' float32 tensors as float16 (half the size)")
     ap.add_argument("--budget-mib", type=float, default=None,
                     help="refuse when data and weights together exceed this many MiB")
     ap.add_argument("--no-verify", action="store_true", help="skip the read-back check")
@@ -326,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
              lossless=args.lossless, instances=not args.no_instances,
              max_side=parse_per_dataset(args.max_side, names, "--max-side", 16, 1 << 20, None),
              weights=[Path(w) for w in args.weights], budget_mib=args.budget_mib,
+             half_weights=args.half_weights,
              verify=not args.no_verify, jobs=args.jobs, force=args.force)
     except (PackError, ImageReadError) as exc:
         print(f"pack_data: {exc}", file=sys.stderr)

@@ -124,6 +124,24 @@ def test_weights_are_copied_beside_the_data(tmp_path):
     assert "mobile_sam.pt" in manifest["weights"]
 
 
+def test_half_weights_store_float16_and_reproduce_notices(tmp_path):
+    import torch
+
+    from hrmedseg.experiments.reproduce import _holds_half_weights
+    src = tmp_path / "src"
+    _folder_dataset(src / "toy", n=2)
+    state = {"a.weight": torch.randn(8, 4), "a.steps": torch.arange(3)}
+    w = tmp_path / "mobile_sam.pt"
+    torch.save(state, w)
+    _pack(src, tmp_path / "g" / "data", ["toy"], weights=[w], half_weights=True)
+    packed = torch.load(tmp_path / "g" / "weights" / "mobile_sam.pt", weights_only=True)
+    assert packed["a.weight"].dtype == torch.float16
+    torch.testing.assert_close(packed["a.weight"].float(), state["a.weight"], rtol=1e-3, atol=1e-4)
+    assert torch.equal(packed["a.steps"], state["a.steps"])     # integers untouched
+    assert _holds_half_weights(tmp_path / "g" / "weights" / "mobile_sam.pt")
+    assert not _holds_half_weights(w)
+
+
 def test_bad_arguments_are_one_line(tmp_path, capsys):
     assert pack_data.main(["--src", str(tmp_path), "--dst", str(tmp_path / "o"), "--datasets", "nope"]) == 2
     assert "dataset folder not found" in capsys.readouterr().err

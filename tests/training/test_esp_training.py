@@ -265,13 +265,14 @@ def test_train_esp_flags_are_keys_of_train_task_esp(tmp_path, data, capsys):
         "train-esp", "--data", f"polyp={a}:0", f"nuclei={b}:1", "-o", str(tmp_path / "cli"),
         "--epochs", "1", "--batch", "2", "--size", str(S), "--precision", "fp32", "--device", "cpu",
         "--workers", "0", "--augment", "none", "--lr-gamma", "0.9", "--w-modality", "0.5",
-        "--coupled", "--no-test"])
+        "--coupled", "--no-test", "--grad-checkpointing", "--compile", "false"])
     flags = verb.to_config(args)
     keys = ["--task", "esp", f"esp.datasets=[{{root: {a}, modality: 0, name: polyp}}, "
             f"{{root: {b}, modality: 1, name: nuclei}}]", f"train.out_dir={tmp_path / 'cli'}",
             "train.epochs=1", "train.batch_size=2", f"data.size={S}", "train.precision=fp32",
             "train.device=cpu", "data.workers=0", "data.augment=none", "schedule.gamma=0.9",
             "esp.w_modality=0.5", "esp.decoupled=false", "train.eval_test=false",
+            "model.grad_checkpointing=true", "train.compile=false",
             f"model.overrides={json.dumps(TINY)}"]
     from hrmedseg.training.config import load_config
     general = load_config("esp_medsam", [k for k in keys[2:]])

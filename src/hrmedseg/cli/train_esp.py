@@ -89,6 +89,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="let the modality term train the shared encoder too (default: bag only)")
     p.add_argument("--focal-weight", type=float, default=20.0, help="λ of λ·focal + Dice")
     p.add_argument("--sppg-weight", type=float, default=1.0, help="w_sppg: weight of the SPPG patch BCE")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute the encoder's blocks in backward: less memory, exact")
+    p.add_argument("--compile", default="auto", choices=["auto", "true", "false"],
+                   help="torch.compile the student's pass (auto: only models with a compile "
+                        "parity record, on CUDA)")
     p.add_argument("--no-test", action="store_true", help="skip the final test evaluation")
     p.add_argument("--no-hd", action="store_true", help="skip Hausdorff distances in the test")
     p.add_argument("--no-resume", action="store_true", help="start over even if RUN has a checkpoint")
@@ -103,7 +108,8 @@ def to_config(args: argparse.Namespace) -> "Config":
 
     return task_config("esp_medsam", args, args.model, {
         "schedule": {"gamma": args.lr_gamma},
-        "train": {"eval_test": not args.no_test},
+        "model": {"grad_checkpointing": args.grad_checkpointing},
+        "train": {"eval_test": not args.no_test, "compile": args.compile},
         "esp": {"datasets": [parse_dataset(d) for d in args.data], "teacher": args.teacher or "",
                 "medical_teacher": args.medical_teacher or "", "natural_images": args.natural_images,
                 "num_modalities": args.num_modalities, "init": args.init or "",

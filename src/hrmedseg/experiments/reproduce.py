@@ -515,6 +515,9 @@ def run_row(row_id: str, data_dir: str | Path, out_dir: str | Path,
             v = getattr(spec.config.esp, key)
             if v and not Path(v).exists():
                 raise ReproduceError(f"{v}: {key} of {row.id} not found (pass --weights DIR)")
+    half = sorted({str(getattr(spec.config.esp, key)) for spec in specs if spec.task == "esp"
+                   for key in _WEIGHT_KEYS
+                   if getattr(spec.config.esp, key) and _holds_half_weights(getattr(spec.config.esp, key))})
     deadline = None if not time_limit_min else time.monotonic() + 60.0 * time_limit_min
     records: dict[tuple[str, str], dict[str, Any]] = {}
     for unit, spec in zip(units, specs):
@@ -551,10 +554,25 @@ def run_row(row_id: str, data_dir: str | Path, out_dir: str | Path,
         if overrides:
             result["deviations"].append("Run with these changes to the row's configuration: "
                                         f"{', '.join(overrides)}.")
+        for path in half:
+            result["deviations"].append(f"The weights in {Path(path).name} were float16 (a "
+                                        "half-size copy of the released float32 checkpoint).")
         path = out / f"{row.id}.json"
         _write_json(path, result)
         status["result"] = str(path)
     return status
+
+
+def _holds_half_weights(path: str | Path) -> bool:
+    """Whether a .pt checkpoint stores its floating-point tensors in float16 (a packed copy)."""
+    import torch
+    p = Path(path)
+    if p.suffix != ".pt" or not p.is_file():
+        return False
+    state = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    state = state.get("model", state) if isinstance(state, dict) else {}
+    floats = [t for t in state.values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    return bool(floats) and all(t.dtype == torch.float16 for t in floats)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
