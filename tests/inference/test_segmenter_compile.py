@@ -6,18 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import hrmedseg
 from hrmedseg.inference.segmenter import Segmenter
-
-SIZE = 64
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return hrmedseg.create_model("hrmedseg_lean", embed_dim=24, depth=2, num_heads=(6, 6, 6),
-                                 neck_dim=32, decoder_heads=4, decoder_mlp_dim=32,
-                                 img_size=SIZE).eval()
+from test_tiling import TILE as SIZE, tiny  # noqa: F401  (the tiny HRMedSeg fixture)
 
 
 def _image():
