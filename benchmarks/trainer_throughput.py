@@ -64,27 +64,30 @@ def run_trainer(data: str, run_dir: Path, overrides: list[str]) -> dict[str, Any
             "peak_mem_gb_by_epoch": peaks,
             "peak_reserved_gb_by_epoch": reserved,
             "config": yaml.safe_load((run_dir / "config.yaml").read_text()),
-            "compile": _compiled_as(run_dir)}
+            **_trained_as(run_dir)}
 
 
-def _compiled_as(run_dir: Path) -> str | None:
-    """The torch.compile mode the run trained under (env.json; None: eager). Run folders from
-    before the auto policy have only the config's compile switch and mode."""
+def _trained_as(run_dir: Path) -> dict[str, Any]:
+    """The torch.compile mode (None: eager) and checkpointing the run trained with, as its
+    env.json records them; run folders from before the auto settings hold only the config's."""
     env = json.loads((run_dir / "env.json").read_text())
-    if "compile" in env:
-        return env["compile"]
-    t = yaml.safe_load((run_dir / "config.yaml").read_text())["train"]
-    return (t.get("compile_mode") or "default") if str(t.get("compile")).lower() == "true" else None
+    if "compile" in env and "grad_checkpointing" in env:
+        return {"compile": env["compile"], "grad_checkpointing": bool(env["grad_checkpointing"])}
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    t = cfg["train"]
+    compiled = str(t.get("compile")).lower() == "true"
+    return {"compile": (t.get("compile_mode") or "default") if compiled else None,
+            "grad_checkpointing": str(cfg["model"].get("grad_checkpointing")).lower() == "true"}
 
 
-def bare_step(cfg: dict[str, Any], mode: str | None, dev: torch.device, warmup: int,
-              reps: int) -> dict[str, Any]:
+def bare_step(cfg: dict[str, Any], mode: str | None, ckpt: bool, dev: torch.device,
+              warmup: int, reps: int) -> dict[str, Any]:
     """The training step alone, on one random batch that stays on the device."""
     m, d, t = cfg["model"], cfg["data"], cfg["train"]
     h, w = d["size"]
     b = int(t["batch_size"])
     model = create_model(m["name"], num_classes=int(m["num_classes"]), img_size=h).to(dev).train()
-    if m.get("grad_checkpointing"):
+    if ckpt:
         model.set_grad_checkpointing(True, fraction=float(m.get("grad_checkpointing_fraction") or 1.0))
     x = torch.randn(b, 3, h, w, generator=torch.Generator().manual_seed(0)).to(dev)
     target = random_blob_mask(b, h, w, dev, 1)
@@ -95,7 +98,7 @@ def bare_step(cfg: dict[str, Any], mode: str | None, dev: torch.device, warmup: 
     row = measure_call(step, dev, b, warmup, reps)
     return {"images_per_s": row["images_per_s"], "ms_median": row["ms_median"],
             "peak_mem_per_image_gb": row["peak_mem_per_image_gb"], "batch": b, "size": [h, w],
-            "precision": t["precision"], "grad_checkpointing": bool(m.get("grad_checkpointing")),
+            "precision": t["precision"], "grad_checkpointing": ckpt,
             "compile": mode}
 
 
@@ -118,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(args.run_dir or os.path.join(tmp, "run"))
         trainer = run_trainer(args.data, run_dir, overrides)
     result["trainer"] = trainer
-    result["bare_step"] = bare_step(trainer["config"], trainer["compile"], dev, args.warmup,
-                                    args.reps)
+    result["bare_step"] = bare_step(trainer["config"], trainer["compile"],
+                                    trainer["grad_checkpointing"], dev, args.warmup, args.reps)
     batch = int(trainer["config"]["train"]["batch_size"])
     result.update({
         "trainer_images_per_s": trainer["train_images_per_s_median_after_first"],

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hrmedseg.compiling import (compile_error_line, default_compile_cache_dir, is_compile_error,
-                                load_compile_artifacts, normalize_compile_setting,
+                                load_compile_artifacts, normalize_switch,
                                 resolve_compile, save_compile_artifacts, use_compile_cache)
 
 
@@ -33,12 +33,12 @@ def test_resolve_compile_table(setting, mode, device, verified, expected):
     ("no", "false"), ("off", "false"), ("AUTO", "auto"), (" auto ", "auto"),
 ])
 def test_compile_settings_accept_the_usual_spellings(value, expected):
-    assert normalize_compile_setting(value) == expected
+    assert normalize_switch(value) == expected
 
 
 def test_an_unknown_compile_setting_is_refused():
     with pytest.raises(ValueError, match="auto, true or false"):
-        normalize_compile_setting("fast")
+        normalize_switch("fast")
 
 
 def test_compile_errors_are_told_from_model_errors():

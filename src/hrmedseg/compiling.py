@@ -25,9 +25,9 @@ def uses_cudagraphs(mode: str | None) -> bool:
     return mode in CUDAGRAPH_MODES
 
 
-def normalize_compile_setting(value: object) -> str:
-    """``auto``, ``true`` or ``false`` from a bool or a spelling of one (YAML, CLI, JSON);
-    ValueError for anything else."""
+def normalize_switch(value: object) -> str:
+    """``auto``, ``true`` or ``false`` (train.compile, model.grad_checkpointing) from a bool or
+    a spelling of one (YAML, CLI, JSON); ValueError for anything else."""
     text = str(value).strip().lower()
     if text == "auto":
         return "auto"
@@ -47,7 +47,7 @@ def resolve_compile(setting: str, mode: str, device_type: str, verified: bool) -
     its compiled training matched eager (``compile_verified``): on the CPU compiling costs
     minutes and gains little, and an unchecked model stays eager unless asked.
     """
-    setting = normalize_compile_setting(setting)
+    setting = normalize_switch(setting)
     chosen = ("reduce-overhead" if device_type == "cuda" else "default") if mode == "auto" else mode
     if setting == "false":
         return None, "compile off"

@@ -118,6 +118,7 @@ def test_the_compile_decision_is_in_env_json_and_summary(tmp_path):
     result = train(cfg, resume=False, progress=False)
     env = json.loads((tmp_path / "run" / "env.json").read_text())
     assert env["compile"] is None and env["compile_reason"].startswith("auto")
+    assert env["grad_checkpointing"] is False
     assert result["compile"] is None
     assert not (tmp_path / "run" / "compile_cache.bin").exists()
 
@@ -128,3 +129,24 @@ def test_compile_setting_is_a_config_error_when_unknown():
         load_config(None, ["train.compile=sometimes"])
     assert load_config(None, ["train.compile=yes"]).train.compile == "true"
     assert load_config(None, []).train.compile_mode == "auto"
+
+
+@pytest.mark.parametrize("setting,device,verified,compile_setting,expected", [
+    ("auto", "cuda", True, "auto", True),      # CUDA graphs: checkpointed (lean and fast)
+    ("auto", "cuda", False, "auto", False),    # no parity record: eager, not checkpointed
+    ("auto", "cpu", True, "auto", False),
+    ("auto", "cuda", True, "false", False),    # eager on a GPU: checkpointing would cost speed
+    ("true", "cpu", False, "auto", True),
+    ("false", "cuda", True, "auto", False),
+])
+def test_grad_checkpointing_auto_follows_cuda_graphs(tmp_path, setting, device, verified,
+                                                     compile_setting, expected):
+    from hrmedseg.models import create_model
+    from hrmedseg.training.tasks.base import Task
+    cfg = _cfg(tmp_path, f"model.grad_checkpointing={setting}", f"train.compile={compile_setting}")
+    model = create_model("hrmedseg", pretrained=False, embed_dim=24, depth=2, num_heads=[6, 6, 6],
+                         neck_dim=32, decoder_heads=4, decoder_mlp_dim=32, img_size=32)
+    task = Task()
+    task.apply_grad_checkpointing(model, cfg, torch.device(device), verified)
+    assert task.grad_checkpointing is expected
+    assert model.grad_checkpointing is expected

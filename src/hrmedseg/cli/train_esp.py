@@ -108,7 +108,7 @@ def to_config(args: argparse.Namespace) -> "Config":
 
     return task_config("esp_medsam", args, args.model, {
         "schedule": {"gamma": args.lr_gamma},
-        "model": {"grad_checkpointing": args.grad_checkpointing},
+        "model": {"grad_checkpointing": "true" if args.grad_checkpointing else "auto"},
         "train": {"eval_test": not args.no_test, "compile": args.compile},
         "esp": {"datasets": [parse_dataset(d) for d in args.data], "teacher": args.teacher or "",
                 "medical_teacher": args.medical_teacher or "", "natural_images": args.natural_images,

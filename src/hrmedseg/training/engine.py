@@ -418,7 +418,8 @@ class Engine:
             "resumed_from": None if resumed_from is None else
             {"checkpoint": str(resumed_from), "epoch": self.epoch, "step": self.global_step},
             "argv": sys.argv, "compile": self.task.compile_mode,
-            "compile_reason": self.task.compile_reason, **self.task.run_info(),
+            "compile_reason": self.task.compile_reason,
+            "grad_checkpointing": self.task.grad_checkpointing, **self.task.run_info(),
         }
         from ..atomic import write_json_atomic
         name = "env.json" if resumed_from is None else f"env_resume_step{self.global_step}.json"

@@ -30,16 +30,27 @@ class Task:
     compile_mode: str | None = None  # the torch.compile mode the steps run under; None: eager
     compile_reason = "compile off"
     cudagraphs = False              # steps replay CUDA graphs: each must be marked a new step
+    grad_checkpointing = False      # the model recomputes its blocks in backward
 
     def setup(self, engine: Any) -> None:
         self.engine = engine
 
-    def apply_grad_checkpointing(self, model: nn.Module, cfg: Any) -> None:
+    def apply_grad_checkpointing(self, model: nn.Module, cfg: Any, device: torch.device,
+                                 verified: bool) -> None:
         """``model.grad_checkpointing`` (and its fraction) on a model that can recompute its
-        blocks; a fraction the model cannot honour is a config error."""
+        blocks; ``auto`` is on where the step will replay CUDA graphs (``train.compile`` as it
+        resolves on ``device``; ``verified`` as for :meth:`compile_net`). A fraction the model
+        cannot honour is a config error."""
         from ...models._base import CheckpointingError
         from ..config import ConfigError
-        if not (cfg.model.grad_checkpointing and hasattr(model, "set_grad_checkpointing")):
+        setting = cfg.model.grad_checkpointing
+        if setting == "auto":
+            mode, _ = resolve_compile(cfg.train.compile, cfg.train.compile_mode, device.type, verified)
+            on = uses_cudagraphs(mode)
+        else:
+            on = setting == "true"
+        self.grad_checkpointing = on and hasattr(model, "set_grad_checkpointing")
+        if not self.grad_checkpointing:
             return
         frac = cfg.model.grad_checkpointing_fraction
         try:

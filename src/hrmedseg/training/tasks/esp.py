@@ -380,11 +380,11 @@ class ESPTask(Task):
         for name, p in self.model.named_parameters():
             if name in unused:
                 p.requires_grad_(False)
-        self.apply_grad_checkpointing(self.model, self.cfg)
+        verified = bool(getattr(self.model, "compile_verified", False))
+        self.apply_grad_checkpointing(self.model, self.cfg, self.device, verified)
         # The student's pass (encoder, SPPG, decoder) is what compiles; the teachers run eager
         # under no_grad. Not parity-checked yet: compiled only when train.compile=true.
-        self.net = self.compile_net(_StudentParts(self.model), self.cfg, self.device,
-                                    verified=bool(getattr(self.model, "compile_verified", False)))
+        self.net = self.compile_net(_StudentParts(self.model), self.cfg, self.device, verified)
         e = self.e
         self.teacher = load_teacher(teacher if teacher is not None else (e.teacher or None), self.size)
         self.medical_teacher = load_teacher(
