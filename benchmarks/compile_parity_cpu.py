@@ -119,7 +119,12 @@ def measure_family(family: str) -> dict[str, Any]:
     w = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(2))
     eager, compiled = copy.deepcopy(model), copy.deepcopy(model)
     out_e, g_e = _out_and_grads(eager, x, w, False)
-    out_c, g_c = _out_and_grads(torch.compile(compiled), x, w, False)
+    try:
+        out_c, g_c = _out_and_grads(torch.compile(compiled), x, w, False)
+    except Exception as exc:  # a compiler failure is this family's result, not the run's end
+        res.update(compile_error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+                   parity_passed=False)
+        return res
     res.update(out_max_abs_diff=_max_abs(out_c, out_e), grad_max_abs_diff=_max_abs(g_c, g_e),
                out_max_abs=float(out_e.abs().max()), grad_max_abs=float(g_e.abs().max()),
                params=sum(p.numel() for p in model.parameters()))

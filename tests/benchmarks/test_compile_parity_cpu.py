@@ -39,3 +39,25 @@ def test_graph_breaks_are_counted(load_benchmark):
     assert r["graph_breaks"] == 1 and r["graphs"] == 2 and r["break_reasons"]
     assert load_benchmark("compile_parity_cpu").graph_breaks(torch.nn.ReLU(), torch.ones(2)) == \
         {"graphs": 1, "graph_breaks": 0, "break_reasons": []}
+
+
+def test_a_compiler_failure_is_recorded_for_its_family(load_benchmark, monkeypatch):
+    bench = load_benchmark("compile_parity_cpu")
+
+    class Failing(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            raise AssertionError("expected size 16==16, stride 1==4096\nmore")
+
+    def failing(model, **kw):
+        return Failing(model)
+
+    monkeypatch.setattr(torch, "compile", failing)
+    monkeypatch.setitem(bench.FAMILIES, "baseline",
+                        ("unet_small", {"features": (4, 4, 4, 4, 4, 4)}))
+    r = bench.measure_family("baseline")
+    assert r["parity_passed"] is False
+    assert r["compile_error"] == "AssertionError: expected size 16==16, stride 1==4096"
