@@ -310,3 +310,37 @@ def test_macs_at_1024():
     assert macs.module_macs == 55_546_814_976
     assert abs(macs.module_macs / 55.86e9 - 1) < 0.02
     assert abs(macs.ops_macs / 55.86e9 - 1) < 0.02
+
+
+def test_grad_checkpointing_recomputes_every_encoder_block_with_the_same_gradients(monkeypatch):
+    """Same signature and fraction rule as QTSeg/HRMedSeg; every controlled TinyViT block runs
+    under checkpoint, and all parameter gradients equal the stored-activation run."""
+    import hrmedseg.models.esp_medsam as esp_mod
+    from hrmedseg.models._base import CheckpointingError
+
+    m = tiny(num_modalities=2)
+    x, y = torch.randn(2, 3, 64, 64), torch.randn(2, 1, 64, 64)
+    (m(x, 1) * y).mean().backward()
+    ref = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    calls = []
+    real = esp_mod.checkpoint
+
+    def counting(fn, *args, **kwargs):
+        calls.append(type(fn).__name__)
+        return real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(esp_mod, "checkpoint", counting)
+    m.zero_grad(set_to_none=True)
+    assert m.set_grad_checkpointing(True) is m and m.grad_checkpointing
+    (m(x, 1) * y).mean().backward()
+    assert calls.count("ControlledTinyViTBlock") == sum(TINY["encoder_args"]["depths"][1:])
+    got = {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+    assert got.keys() == ref.keys()
+    for n, g in ref.items():
+        assert torch.allclose(got[n], g, atol=1e-6, rtol=1e-5), n
+    with pytest.raises(CheckpointingError, match="fraction"):
+        m.set_grad_checkpointing(True, fraction=0.5)
+    m.set_grad_checkpointing(False)
+    calls.clear()
+    m(x, 1).sum().backward()
+    assert calls == []

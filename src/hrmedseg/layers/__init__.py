@@ -10,13 +10,15 @@ from .pooling import MultiscalePooling
 from .position import PositionEmbeddingRandom
 from .prompt_encoder import PromptEncoder
 from .rope import RotaryEmbedding2d, rope_angles
+from .token_masks import is_channels_last, token_masks
 from .two_way import TwoWayAttentionBlock, TwoWayTransformer
 
 __all__ = [
     "Attention", "ConvBN", "DGLABlock", "DropPath", "DualGatedLinearAttention", "LayerNorm", "LayerNorm2d",
     "MBConv", "MLPBlock", "Mlp", "MultiLayerMLP", "MultiscalePooling", "PositionEmbeddingRandom", "PromptEncoder",
     "RotaryEmbedding2d", "TwoWayAttentionBlock", "TwoWayTransformer", "elu_feature_map",
-    "linear_attention", "quadratic_attention_reference", "rope_angles", "set_fast_norm",
+    "is_channels_last", "linear_attention", "quadratic_attention_reference", "rope_angles",
+    "set_fast_norm", "token_masks",
 ]
 
 # YOLOv8 conv blocks and CNN attention modules (used by QTSeg).

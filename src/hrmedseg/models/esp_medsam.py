@@ -78,7 +78,8 @@ from torch import nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import LayerNorm2d, MultiLayerMLP, PositionEmbeddingRandom, TwoWayTransformer
+from ..layers import (LayerNorm2d, MultiLayerMLP, PositionEmbeddingRandom, TwoWayTransformer,
+                      token_masks)
 from ._base import SegmentationModel
 from ._registry import register_model
 from .sam_checkpoints import download_checkpoint, find_checkpoint, read_sam_state_dict
@@ -358,8 +359,7 @@ class QueryDecoupledModalityDecoder(nn.Module):
             for m in route.present:
                 sel = (route.ids == m).nonzero(as_tuple=True)[0]
                 hyper = hyper.index_copy(0, sel, self.output_hypernetworks_mlps[m](q[sel]))
-        _, cu, hu, wu = up.shape
-        return (hyper.unsqueeze(1) @ up.reshape(b, cu, hu * wu)).reshape(b, 1, hu, wu)
+        return token_masks(hyper.unsqueeze(1), up)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import LayerNorm2d, MultiLayerMLP, TwoWayTransformer
+from ..layers import LayerNorm2d, MultiLayerMLP, TwoWayTransformer, token_masks
 
 __all__ = ["MaskDecoder"]
 
@@ -80,6 +80,5 @@ class MaskDecoder(nn.Module):
         up = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
         hyper = torch.stack([mlp(mask_out[:, i])
                              for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
-        _, cu, hu, wu = up.shape
-        masks = (hyper @ up.reshape(b, cu, hu * wu)).reshape(b, -1, hu, wu)
+        masks = token_masks(hyper, up)
         return masks, self.iou_prediction_head(iou_out)

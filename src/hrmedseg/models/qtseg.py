@@ -80,7 +80,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import (C2f, SPPF, Attention, ChannelAttentionBlock, Conv, ConvTranspose,
                       LayerNorm2d, MLPBlock, MultiLayerMLP, PositionEmbeddingRandom,
-                      SpatialAttention)
+                      SpatialAttention, is_channels_last, token_masks)
 from ._base import SegmentationModel
 from ._pretrained import load_pretrained
 from ._registry import register_model
@@ -313,7 +313,10 @@ class DMAD(nn.Module):
     def forward(self, tokens: torch.Tensor, feats: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         h, w = feats.shape[-2:]
-        pe = self.pe_layer((h, w)).unsqueeze(0).to(feats.dtype)
+        # In the feature map's layout: an elementwise op across two layouts is several times
+        # slower, and the encoding (built channels-last) meets every feature map of this scale.
+        layout = torch.channels_last if is_channels_last(feats) else torch.contiguous_format
+        pe = self.pe_layer((h, w)).unsqueeze(0).to(feats.dtype).contiguous(memory_format=layout)
         for layer in self.layers:
             tokens, feats = _maybe_checkpoint(self.grad_checkpointing, layer, tokens, feats, pe)
         keys = feats.flatten(2).transpose(1, 2)
@@ -387,7 +390,7 @@ class QTSegDecoder(nn.Module):
                 tokens = self.token_mlps[i](tokens)
         up = self.output_upscaling(x)                                     # (B, c, H/2, W/2)
         weights = self.output_token_mlps(tokens)                          # (B, K, c)
-        masks = torch.einsum("bkc,bchw->bkhw", weights, up)
+        masks = token_masks(weights, up)
         if masks.shape[-2:] != tuple(out_size):
             masks = F.interpolate(masks, size=tuple(out_size), mode="bilinear", align_corners=False)
         return masks
