@@ -85,6 +85,17 @@ def test_forward_shapes_and_aux():
         m(torch.randn(1, 3, 48, 64), 0)
 
 
+def test_modality_is_needed_unless_the_model_has_one():
+    x = torch.randn(1, 3, 64, 64)
+    with pytest.raises(TypeError, match="3 modalities: pass modality"):
+        tiny()(x)
+    single = tiny(num_modalities=1).eval()
+    with torch.no_grad():
+        assert torch.equal(single(x), single(x, 0))
+        three = tiny().eval()
+        assert torch.equal(three.for_modality(2)(x), three(x, 2))
+
+
 def test_forward_img256_default_widths():
     """Default widths (TinyViT-5M, 256-d decoder) at 256²: 16×16 embedding, 8×8 patches."""
     torch.manual_seed(0)

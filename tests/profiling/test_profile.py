@@ -54,6 +54,18 @@ def test_profile_cpu_small(tmp_path):
     assert (r.macs_thop, r.macs_all_ops) == (mc.module_macs, mc.ops_macs)
 
 
+def test_profile_runs_a_model_routed_per_modality():
+    """ESP-MedSAM takes (x, modality): the profile runs one modality's pass and counts it."""
+    tiny = dict(embed_dim=32, sppg_hidden=8, decoder_heads=2, decoder_mlp_dim=32,
+                encoder_args=dict(embed_dims=(16, 32, 40, 80), depths=(1, 1, 2, 1),
+                                  num_heads=(1, 2, 2, 4), window_sizes=(7, 7, 14, 7)))
+    r = profile_model("esp_medsam", size=64, batch=1, device="cpu", warmup=0, iters=1, **tiny)
+    m = hrmedseg.create_model("esp_medsam", img_size=64, **tiny)
+    mc = count_macs(m.for_modality(0), torch.randn(1, 3, 64, 64))
+    assert (r.macs_thop, r.macs_all_ops) == (mc.module_macs, mc.ops_macs)
+    assert r.train_images_per_s > 0 and r.infer_images_per_s > 0
+
+
 def test_profile_cli_writes_json(tmp_path, capsys):
     out = tmp_path / "p.json"
     rc = main(["profile", "hrmedseg_lean", "--size", "64", "--batch", "1", "--device", "cpu",

@@ -297,8 +297,7 @@ def test_train_compile_wraps_the_student_pass_and_checkpointing_reaches_the_mode
     apply_overrides(cfg, {"train": {"compile": "true"}, "model": {"grad_checkpointing": True}})
     t = ESPTrainer(load_config(None, base=cfg), teacher=TinyTeacher())
     assert compiled == [("_StudentParts", {"mode": "default"})] and t.compile_mode == "default"
-    if hasattr(t.model, "set_grad_checkpointing"):
-        assert t.model.grad_checkpointing
+    assert t.grad_checkpointing and t.model.grad_checkpointing
     calls = []
     real = t.model.forward_parts
     monkeypatch.setattr(t.model, "forward_parts", lambda *a: calls.append(a[1]) or real(*a))

@@ -509,8 +509,33 @@ class ESPMedSAM(SegmentationModel):
         logits = F.interpolate(low, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return logits, patch_logits, emb
 
-    def forward(self, x: torch.Tensor, modality: ModalityLike) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor, modality: ModalityLike | None = None  # type: ignore[override]
+                ) -> torch.Tensor:
+        """Logits for ``x`` routed through ``modality``; a model of one modality needs none."""
+        if modality is None:
+            if self.num_modalities != 1:
+                raise TypeError(f"{self.model_name} has {self.num_modalities} modalities: pass "
+                                "modality (an int id or per-sample ids); it is never guessed")
+            modality = 0
         return self.forward_with_aux(x, modality)[0]
+
+    def for_modality(self, modality: int) -> "FixedModality":
+        """This model as ``forward(x)`` for one modality: prompt-free prediction (Segmenter),
+        and profiling, whose cost is the same for every modality (one controller bag a pass)."""
+        return FixedModality(self, modality)
+
+
+class FixedModality(nn.Module):
+    """``forward(x) = model(x, modality)``; ``config`` is the model's."""
+
+    def __init__(self, model: ESPMedSAM, modality: int) -> None:
+        super().__init__()
+        self.model = model
+        self.modality = int(modality)
+        self.config = model.config
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, self.modality)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -120,6 +120,9 @@ def profile_model(model_name: str, size: int | tuple[int, int] = 1024, batch: in
         raise RuntimeError("--device cuda asked for, but no CUDA device is available here")
     if model is None:
         model = create_model(model_name, img_size=size, **model_kwargs)
+    # What is called: a model routed per modality (ESP-MedSAM) runs one modality's pass, whose
+    # cost is that of any other; settings (checkpointing, layout) go to the model itself.
+    call = model.for_modality(0) if hasattr(model, "for_modality") else model
     num_classes = int(getattr(getattr(model, "config", None), "num_classes", 1))
     in_chans = int(getattr(getattr(model, "config", None), "in_chans", 3))
     parts = model.parameter_groups() if hasattr(model, "parameter_groups") else {"model": model}
@@ -133,7 +136,7 @@ def profile_model(model_name: str, size: int | tuple[int, int] = 1024, batch: in
         env=environment(dev))
     if macs:
         x1 = torch.randn(1, in_chans, *size)
-        mc = count_macs(model, x1)
+        mc = count_macs(call, x1)
         res.macs_thop, res.macs_all_ops, res.flops_all_ops = mc.module_macs, mc.ops_macs, mc.ops_flops
         res.notes.append("MACs of one forward at batch 1: macs_thop = papers' thop convention "
                          "(module hooks; transposed convs per output pixel); macs_all_ops = "
@@ -153,7 +156,7 @@ def profile_model(model_name: str, size: int | tuple[int, int] = 1024, batch: in
     amp = DTYPES[dtype] if dtype != "fp32" else None
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    step = train_step_fn(model, opt, x, amp, num_classes)
+    step = train_step_fn(call, opt, x, amp, num_classes)
     if memory and dev.type == "cuda":
         step()  # allocate optimizer state first: the papers' figure includes it
         sync(dev)
@@ -175,7 +178,7 @@ def profile_model(model_name: str, size: int | tuple[int, int] = 1024, batch: in
 
         def infer() -> None:
             with torch.inference_mode(), ctx:
-                model(x)
+                call(x)
         res.infer_images_per_s = batch / _time(infer, dev, warmup, iters)
     return res
 

@@ -281,22 +281,6 @@ class _EpochBatches(Dataset):
 
 
 
-class _FixedModality(nn.Module):
-    """``forward(x) = model(x, n)``: lets :class:`~hrmedseg.inference.segmenter.Segmenter` run
-    ESP-MedSAM prompt-free for one modality."""
-
-    def __init__(self, model: nn.Module, modality: int) -> None:
-        super().__init__()
-        self.model = model
-        self.modality = int(modality)
-        self.config = model.config
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x, self.modality)
-
-
-
-
 class _StudentParts(nn.Module):
     """``forward(x, n) = model.forward_parts(x, n)`` as a module, for ``torch.compile``."""
 
@@ -702,7 +686,7 @@ class ESPTask(Task):
         for part in self.parts:
             if not part.test:
                 continue
-            seg = Segmenter(_FixedModality(model, part.spec.modality), device=str(self.device),
+            seg = Segmenter(model.for_modality(part.spec.modality), device=str(self.device),
                             size=self.size, normalize=NORMALIZE, precision=self.cfg.train.precision,
                             batch_size=max(1, self.cfg.train.batch_size))
             res = evaluate_samples(seg, part.test, out_dir=self.run_dir / "test" / part.spec.name,
