@@ -306,3 +306,16 @@ def test_train_compile_wraps_the_student_pass_and_checkpointing_reaches_the_mode
     # auto (the default) leaves ESP-MedSAM eager: it has no compile parity record
     t2 = ESPTrainer(config(tmp_path, data, out="run2"), teacher=TinyTeacher())
     assert t2.compile_mode is None and len(compiled) == 1
+
+
+def test_channels_last_reaches_the_model_and_the_batches(tmp_path, data):
+    cfg = config(tmp_path, data)
+    apply_overrides(cfg, {"train": {"channels_last": True}})
+    t = ESPTrainer(load_config(None, base=cfg), teacher=TinyTeacher())
+    conv = t.model.image_encoder.patch_embed.seq[0].conv
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    batch = next(iter(t.train_batches(0, 0)))
+    x = t.inputs(batch)[0]
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    terms = t.engine.train_step(batch)
+    assert torch.isfinite(terms["total"])

@@ -366,6 +366,8 @@ class ESPTask(Task):
                 p.requires_grad_(False)
         verified = bool(getattr(self.model, "compile_verified", False))
         self.apply_grad_checkpointing(self.model, self.cfg, self.device, verified)
+        if self.cfg.train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         # The student's pass (encoder, SPPG, decoder) is what compiles; the teachers run eager
         # under no_grad. Not parity-checked yet: compiled only when train.compile=true.
         self.net = self.compile_net(_StudentParts(self.model), self.cfg, self.device, verified)
@@ -490,6 +492,8 @@ class ESPTask(Task):
         x = batch["image"].to(self.device, non_blocking=True)
         if not batch.get("normalized", True):
             x = normalize_batch(x, batch.get("normalization") or NORMALIZE)
+        if self.cfg.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         y = batch["mask"].to(self.device, non_blocking=True).float().unsqueeze(1)
         n = self.parts[int(batch["dataset"])].spec.modality
         nat = batch.get("natural")
