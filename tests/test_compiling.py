@@ -28,6 +28,13 @@ def test_resolve_compile_table(setting, mode, device, verified, expected):
     assert why and "\n" not in why
 
 
+@pytest.mark.parametrize("setting,expected", [("auto", None), ("true", "reduce-overhead")])
+def test_ddp_is_compiled_only_when_asked(setting, expected):
+    chosen, why = resolve_compile(setting, "auto", "cuda", True, distributed=True)
+    assert chosen == expected
+    assert why and "\n" not in why
+
+
 @pytest.mark.parametrize("value,expected", [
     (True, "true"), (False, "false"), ("True", "true"), ("on", "true"), ("1", "true"),
     ("no", "false"), ("off", "false"), ("AUTO", "auto"), (" auto ", "auto"),

@@ -38,14 +38,16 @@ def normalize_switch(value: object) -> str:
     raise ValueError(f"expected auto, true or false, got {value!r}")
 
 
-def resolve_compile(setting: str, mode: str, device_type: str, verified: bool) -> tuple[str | None, str]:
+def resolve_compile(setting: str, mode: str, device_type: str, verified: bool,
+                    distributed: bool = False) -> tuple[str | None, str]:
     """The ``torch.compile`` mode to use (None: eager) and why, in a few words.
 
     ``setting`` is auto/true/false; ``mode`` a :data:`COMPILE_MODES` entry or ``auto``, which
     means CUDA graphs on CUDA (``reduce-overhead``: HRMedSeg's step is bound by kernel launches)
     and ``default`` elsewhere. ``auto`` compiles only on CUDA and only a model whose class says
-    its compiled training matched eager (``compile_verified``): on the CPU compiling costs
-    minutes and gains little, and an unchecked model stays eager unless asked.
+    its compiled training matched eager (``compile_verified``), in one process: on the CPU
+    compiling costs minutes and gains little, and an unchecked model, or DDP (compiled
+    multi-GPU training has no parity record), stays eager unless asked.
     """
     setting = normalize_switch(setting)
     chosen = ("reduce-overhead" if device_type == "cuda" else "default") if mode == "auto" else mode
@@ -57,6 +59,8 @@ def resolve_compile(setting: str, mode: str, device_type: str, verified: bool) -
         return None, f"auto: not compiled on {device_type}"
     if not verified:
         return None, "auto: this model has no compiled-vs-eager parity record; train.compile=true compiles it"
+    if distributed:
+        return None, "auto: no parity record for compiled DDP training; train.compile=true compiles it"
     return chosen, "auto: CUDA and a parity-checked model"
 
 

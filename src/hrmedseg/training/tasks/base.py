@@ -35,6 +35,11 @@ class Task:
     def setup(self, engine: Any) -> None:
         self.engine = engine
 
+    def _distributed(self) -> bool:
+        """Whether the engine runs several processes (DDP)."""
+        info = getattr(getattr(self, "engine", None), "info", None)
+        return bool(getattr(info, "enabled", False))
+
     def apply_grad_checkpointing(self, model: nn.Module, cfg: Any, device: torch.device,
                                  verified: bool) -> None:
         """``model.grad_checkpointing`` (and its fraction) on a model that can recompute its
@@ -45,7 +50,8 @@ class Task:
         from ..config import ConfigError
         setting = cfg.model.grad_checkpointing
         if setting == "auto":
-            mode, _ = resolve_compile(cfg.train.compile, cfg.train.compile_mode, device.type, verified)
+            mode, _ = resolve_compile(cfg.train.compile, cfg.train.compile_mode, device.type,
+                                      verified, self._distributed())
             on = uses_cudagraphs(mode)
         else:
             on = setting == "true"
@@ -63,7 +69,7 @@ class Task:
         (``verified``: the model's compiled training passed the parity check), or ``net``.
         Compiled kernels go to the persistent cache, seeded from the run folder's artefacts."""
         mode, self.compile_reason = resolve_compile(cfg.train.compile, cfg.train.compile_mode,
-                                                    device.type, verified)
+                                                    device.type, verified, self._distributed())
         self.compile_mode = mode
         self.cudagraphs = uses_cudagraphs(mode)
         self._eager_net = net
