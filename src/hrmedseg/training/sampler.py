@@ -79,7 +79,10 @@ class SeededDataset(Dataset):
         with torch.random.fork_rng(devices=[]):
             random.seed(seed)
             np.random.seed(seed)
-            torch.manual_seed(seed)
+            # The CPU generator only: fork_rng(devices=[]) restores only it, and torch.manual_seed
+            # would also reseed (and, before CUDA starts, queue with a formatted stack) every
+            # accelerator's generator, per item.
+            torch.random.default_generator.manual_seed(seed)
             tf = getattr(self.dataset, "transform", None)
             if tf is not None and hasattr(tf, "set_random_seed"):  # a transform with its own generator
                 tf.set_random_seed(seed)
