@@ -78,6 +78,9 @@ class Entry:
     prepare: str = ""         # train: a command run before each call's step (idempotent)
     needs: list[str] = field(default_factory=list)   # dataset folders under {data}
     weights_out: bool = False
+    # train: folders of the finished run that state.tar carries whatever their size (a
+    # distilled student that a later entry, maybe on a fresh machine, starts from)
+    keep: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -224,7 +227,9 @@ def train_result(entry: Entry, run_dir: Path, argv: list[str]) -> dict[str, Any]
     with open(run_dir / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
     rates = [float(r["train_images_per_s"]) for r in rows if r.get("train_images_per_s")]
-    peaks = [float(r["peak_mem_gb"]) for r in rows if r.get("peak_mem_gb")]
+    # the reserved peak counts CUDA graphs' pools; run folders without it have the allocated one
+    peaks = ([float(r["peak_reserved_gb"]) for r in rows if r.get("peak_reserved_gb")]
+             or [float(r["peak_mem_gb"]) for r in rows if r.get("peak_mem_gb")])
     env = {}
     if (run_dir / "env.json").is_file():
         env = json.loads((run_dir / "env.json").read_text())
@@ -251,7 +256,7 @@ def train_steps(entry: Entry, ctx: Context) -> list[Step]:
 
     def time_limit(minutes: float) -> list[str]:
         total = round(_train_spent_min(run_dir) + minutes, 2)
-        return (["--time-limit-min", str(total)] if entry.verb == "train-esp"
+        return (["--time-limit-min", str(total)] if entry.verb in ("train-esp", "distill")
                 else [f"train.time_limit_min={total}"])
 
     def after() -> str | None:
@@ -455,10 +460,13 @@ def write_out(entries: list[Entry], ctx: Context, out: Path, log: Callable[[str]
     results = [(ROOT / e.result, e.result) for e in entries if (ROOT / e.result).is_file()]
     _write_atomic(out / "results.tar", _tar_bytes(results))
     small: list[tuple[Path, str]] = []
+    keep = {e.id: e.keep for e in entries if e.kind == "train" and e.keep}
     for run_dir in _finished_run_dirs(ctx.work):
+        kept = keep.get(run_dir.name, []) if run_dir.parent == ctx.work / "train" else []
         for p in sorted(run_dir.rglob("*")):
-            if p.is_file() and "checkpoints" not in p.relative_to(run_dir).parts and \
-                    p.stat().st_size <= SMALL_FILE:
+            rel = p.relative_to(run_dir).parts
+            if p.is_file() and "checkpoints" not in rel and (
+                    p.stat().st_size <= SMALL_FILE or rel[0] in kept):
                 small.append((p, str(p.relative_to(ctx.work))))
     exported_file = ctx.work / "weights_exported.json"
     exported = set(json.loads(exported_file.read_text())) if exported_file.is_file() else set()

@@ -158,3 +158,21 @@ def test_state_carries_finished_runs_only_and_never_replaces_files(repo, tmp_pat
     assert measurements.unpack_state(repo / "out/state.tar", fresh, log=lambda *_: None) == 1
     assert (fresh / "reproduce/runs/hrmedseg-seed0-abc/metrics.csv").read_text() == "newer\n"
     assert json.loads((fresh / "reproduce/runs/hrmedseg-seed0-abc/reproduce.json").read_text())["row"] == "r"
+
+
+def test_state_keeps_named_folders_of_a_finished_train_run_whatever_their_size(repo, monkeypatch):
+    work = repo / "work"
+    run = work / "train" / "distill"
+    shutil.copytree(FIXTURE_RUN, run)                        # a finished run folder
+    (run / "student").mkdir()
+    (run / "student" / "model.safetensors").write_bytes(b"s" * 300)
+    (run / "big.bin").write_bytes(b"b" * 300)
+    monkeypatch.setattr(measurements, "SMALL_FILE", 200)     # both files count as large
+    entry = measurements.Entry("distill", "train", "test", 1.0, "benchmarks/results/d.json",
+                               train=["x"], keep=["student"])
+    measurements.write_out([entry], _ctx(repo), repo / "out")
+    with tarfile.open(repo / "out/state.tar") as tar:
+        names = tar.getnames()
+    assert "train/distill/student/model.safetensors" in names
+    assert "train/distill/big.bin" not in names
+    assert not any("checkpoints" in n for n in names)

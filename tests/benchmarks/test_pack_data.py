@@ -84,8 +84,8 @@ def test_max_side_downscales_images_and_labels_by_nearest(tmp_path):
         np.testing.assert_array_equal(read_mask(tmp_path / "out/toy/instances" / f"{stem}.png"), want_inst)
 
 
-def test_drive_layout_keeps_the_official_split_and_field_of_view(tmp_path):
-    root = tmp_path / "src" / "drive"
+def _drive_dataset(root: Path) -> Path:
+    """DRIVE's layout with one training and one test image (official split, no splits.json)."""
     for split, num in (("training", "21"), ("test", "01")):
         for d in ("images", "1st_manual", "mask"):
             (root / split / d).mkdir(parents=True)
@@ -96,6 +96,11 @@ def test_drive_layout_keeps_the_official_split_and_field_of_view(tmp_path):
         fov = np.zeros((20, 24), np.uint8)
         fov[2:18, 2:22] = 255
         Image.fromarray(fov).save(root / split / "mask" / f"{num}_{split}_mask.gif")
+    return root
+
+
+def test_drive_layout_keeps_the_official_split_and_field_of_view(tmp_path):
+    root = _drive_dataset(tmp_path / "src" / "drive")
     _pack(tmp_path / "src", tmp_path / "out", ["drive"])
     a, b = discover_pairs(root), discover_pairs(tmp_path / "out" / "drive")
     assert b.official_splits == a.official_splits == {"train": ["21_training"], "val": [], "test": ["01_test"]}
