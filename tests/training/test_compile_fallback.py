@@ -150,3 +150,24 @@ def test_grad_checkpointing_auto_follows_cuda_graphs(tmp_path, setting, device, 
     task.apply_grad_checkpointing(model, cfg, torch.device(device), verified)
     assert task.grad_checkpointing is expected
     assert model.grad_checkpointing is expected
+
+
+@pytest.mark.slow
+def test_a_compiled_run_trains_and_keeps_its_artefacts_for_a_resume(tmp_path, monkeypatch):
+    """A real CPU compile (about 90 s on 2 cores): the run trains compiled, writes
+    compile_cache.bin after its first epoch, and a resume with an empty kernel cache loads it."""
+    from hrmedseg import compiling
+    from hrmedseg.training.run import train
+    data = make_dataset(tmp_path / "data", n=8, size=32)
+    base = ["train.eval_test=false", f"data.root={data}", "train.compile=true",
+            f"train.compile_cache={tmp_path / 'kernels'}"]
+    result = train(_cfg(tmp_path, "train.epochs=1", *base), resume=False, progress=False)
+    assert result["compile"] == "default" and result["epochs_done"] == 1
+    assert (tmp_path / "run" / "compile_cache.bin").stat().st_size > 0
+    loaded = []
+    real = compiling.load_compile_artifacts
+    monkeypatch.setattr("hrmedseg.training.tasks.base.load_compile_artifacts",
+                        lambda p: loaded.append(real(p)) or loaded[-1])
+    base[-1] = f"train.compile_cache={tmp_path / 'empty'}"
+    result = train(_cfg(tmp_path, "train.epochs=2", *base), resume=True, progress=False)
+    assert result["resumed"] and result["epochs_done"] == 2 and loaded == [True]
