@@ -262,3 +262,27 @@ def test_distill_cli_with_the_real_mobile_sam(tmp_path):
         want = F.mse_loss(fresh.forward_embedding(x), teacher.image_embeddings(x))
     assert float(rows[0]["val_loss"]) == pytest.approx(float(want), rel=1e-3)
     assert (run / "student" / "model.safetensors").is_file()
+
+
+def test_train_compile_wraps_the_students_embedding_pass(tmp_path, images, monkeypatch):
+    """train.compile=true compiles the student's embedding pass (stubbed: no compiler run on
+    the CPU suite) and the step goes through it; auto leaves a CPU run eager."""
+    from hrmedseg.training.config import apply_overrides
+    from hrmedseg.training.engine import Engine
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: compiled.append((type(m).__name__, kw)) or m)
+    cfg = cfg_for(tmp_path, epochs=1)
+    apply_overrides(cfg, {"train": {"compile": "true"}})
+    task = DistillTask(load_config(None, base=cfg), teacher=tiny_teacher())
+    eng = Engine(task.cfg, task, progress=False)
+    assert compiled == [("_StudentEmbedding", {"mode": "default"})]
+    calls = []
+    real = task.model.forward_embedding
+    monkeypatch.setattr(task.model, "forward_embedding", lambda x: calls.append(x.shape) or real(x))
+    task.prepare(resumed=False)
+    eng.train_step(next(iter(task.train_batches(0, 0))))
+    assert len(calls) == 1
+    eager = DistillTask(cfg_for(tmp_path, out="run2", epochs=1), teacher=tiny_teacher())
+    Engine(eager.cfg, eager, progress=False)
+    assert eager.compile_mode is None and len(compiled) == 1
