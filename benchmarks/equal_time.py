@@ -61,7 +61,11 @@ def run_one(args: argparse.Namespace, dataset: str, model: str, pretrained: str,
           f"loss.name={args.loss}", "train.epochs=100000", f"train.batch_size={args.batch}",
           f"train.precision={args.precision}", f"train.seed={seed}",
           f"train.time_limit_min={budget_s / 60.0}", "train.val_every=100000",
-          f"train.out_dir={run_dir}", f"train.device={args.device}"] + list(args.set)
+          f"train.out_dir={run_dir}", f"train.device={args.device}",
+          # Budgets of seconds: the default compile on CUDA (65-150 s) would eat them, so every
+          # model trains eager as the recorded results did; --hr-set train.compile=true
+          # model.grad_checkpointing=true compares HRMedSeg compiled.
+          "train.compile=false", "model.grad_checkpointing=false"] + list(args.set)
     if model.startswith("hrmedseg"):
         ov += list(args.hr_set)
     cfg = load_config(None, ov)

@@ -207,7 +207,9 @@ def run_variant(args: argparse.Namespace, name: str) -> dict[str, Any]:
           "schedule.name=cosine", "schedule.horizon=time", f"schedule.warmup_epochs={warm_epochs}",
           f"loss.name={spec['loss']}", "train.epochs=100000", f"train.batch_size={bs}",
           f"train.precision={spec['precision']}", f"train.seed={args.seed}",
-          "train.time_limit_min=1.0", f"train.out_dir={run_dir}", f"train.device={args.device}"]
+          "train.time_limit_min=1.0", f"train.out_dir={run_dir}", f"train.device={args.device}",
+          # a one-minute budget: eager, as the recorded runs (the compile would take most of it)
+          "train.compile=false", "model.grad_checkpointing=false"]
     cfg = load_config(None, ov)
     cfg.model.overrides = dict(spec["model_overrides"])
     cfg.loss.kwargs = dict(spec["loss_kwargs"])
