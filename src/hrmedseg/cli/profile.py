@@ -36,8 +36,6 @@ def run(args: argparse.Namespace) -> int:
     from ..atomic import write_json_atomic
     from ..profiling import format_table, profile_model
 
-    import torch
-
     from ._common import device_arg, parse_set
     args.device = device_arg(args.device)
     size = tuple(args.size) if len(args.size) == 2 else (args.size[0], args.size[0])
