@@ -74,3 +74,14 @@ def test_json_failure_keeps_the_old_file(tmp_path, monkeypatch):
         write_json_atomic(out, {"v": 2})
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]   # no temporary file left
+
+
+def test_write_csv_atomic_round_trips_and_leaves_no_temporary(tmp_path):
+    import csv
+
+    from hrmedseg.atomic import write_csv_atomic
+    path = tmp_path / "t.csv"
+    write_csv_atomic(path, ["a", "b"], [{"a": 1, "b": "x"}, {"a": 2}])
+    with open(path, newline="") as fh:
+        assert list(csv.DictReader(fh)) == [{"a": "1", "b": "x"}, {"a": "2", "b": ""}]
+    assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]

@@ -1,11 +1,13 @@
 """Atomic file writes: nothing a user made is ever left half-written."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,17 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None =
     newline, written by :func:`atomic_write_bytes`. The text is made before the file is touched, so
     an object that does not serialise leaves the old file as it was."""
     return atomic_write_bytes(path, (json.dumps(obj, indent=indent, default=default) + "\n").encode())
+
+
+def write_csv_atomic(path: str | os.PathLike, fields: Sequence[str],
+                     rows: Iterable[Mapping[str, Any]]) -> Path:
+    """A header of ``fields`` and one line per row (:class:`csv.DictWriter`: a missing key is an
+    empty cell), written by :func:`atomic_write_bytes`."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fields))
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def atomic_replace_dir(final: str | os.PathLike, write: Callable[[Path], None]) -> Path:

@@ -8,14 +8,12 @@ Dice, IoU and pixel accuracy in percent.
 """
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..atomic import atomic_write_bytes, write_json_atomic
+from ..atomic import write_csv_atomic, write_json_atomic
 from ..data.io import ImageReadError, read_image, read_mask, write_image_png
 from ..inference.visualize import prediction_overlay
 from ..progress import progress as progress_bar
@@ -138,12 +136,8 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], rows_model: list[dict[str
         for k in row:
             if k not in keys:
                 keys.append(k)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys)
-    w.writeheader()
-    for row in merged:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    atomic_write_bytes(path, buf.getvalue().encode())
+    write_csv_atomic(path, keys, ({k: (f"{v:.6g}" if isinstance(v, float) else v)
+                                   for k, v in row.items()} for row in merged))
 
 
 def format_summary(summary: dict[str, Any], which: str = "model_resolution") -> str:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import json
 import math
 import os
@@ -455,7 +454,7 @@ class Engine:
     def _scores_to_fractions(self) -> None:
         """A run folder written when validation Dice/IoU were logged in percent: its best value
         and the score columns of its metrics.csv become fractions, as every file now holds."""
-        from ..atomic import atomic_write_bytes
+        from ..atomic import write_csv_atomic
         if self.best is not None and self.task.monitor.startswith(SCORE_PREFIXES):
             self.best = self.best / 100.0
         csv_path = self.run_dir / "metrics.csv"
@@ -468,11 +467,7 @@ class Engine:
             for k in fields:
                 if k.startswith(SCORE_PREFIXES) and r.get(k) not in (None, ""):
                     r[k] = str(round(float(r[k]) / 100.0, self.task.round_digits))
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_bytes(csv_path, buf.getvalue().encode())
+        write_csv_atomic(csv_path, fields, rows)
 
     def _improved(self, vals: dict[str, float]) -> bool:
         m = self.task.monitor

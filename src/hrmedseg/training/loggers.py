@@ -11,12 +11,11 @@ the built-in ones (:data:`LOGGER_NAMES`); anything with these two methods plugs 
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 from .._optional import require
-from ..atomic import atomic_write_bytes
+from ..atomic import write_csv_atomic
 
 # csv: metrics.csv, the run's own record (curve.png, resume and the benchmarks read it), so
 # every run keeps it; tensorboard: RUN/tensorboard/
@@ -54,11 +53,7 @@ class CSVLogger:
         if not old or old == self.fields:
             return
         self.fields += [k for k in old if k not in self.fields]
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=self.fields)
-        w.writeheader()
-        w.writerows({k: r.get(k) or "" for k in self.fields} for r in rows)
-        atomic_write_bytes(self.path, buf.getvalue().encode())
+        write_csv_atomic(self.path, self.fields, ({k: r.get(k) or "" for k in self.fields} for r in rows))
 
     def log_row(self, row: Mapping[str, Any], step: int) -> None:
         new = not self.path.exists()
