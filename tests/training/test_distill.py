@@ -271,12 +271,13 @@ def test_train_compile_wraps_the_students_embedding_pass(tmp_path, images, monke
     from hrmedseg.training.engine import Engine
 
     compiled = []
-    monkeypatch.setattr(torch, "compile", lambda m, **kw: compiled.append((type(m).__name__, kw)) or m)
+    monkeypatch.setattr(torch, "compile",
+                        lambda m, **kw: compiled.append((type(m).__name__, m.name, kw)) or m)
     cfg = cfg_for(tmp_path, epochs=1)
     apply_overrides(cfg, {"train": {"compile": "true"}})
     task = DistillTask(load_config(None, base=cfg), teacher=tiny_teacher())
     eng = Engine(task.cfg, task, progress=False)
-    assert compiled == [("_StudentEmbedding", {"mode": "default"})]
+    assert compiled == [("ModelMethod", "forward_embedding", {"mode": "default"})]
     calls = []
     real = task.model.forward_embedding
     monkeypatch.setattr(task.model, "forward_embedding", lambda x: calls.append(x.shape) or real(x))

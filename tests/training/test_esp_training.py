@@ -290,13 +290,14 @@ def test_train_compile_wraps_the_student_pass_and_checkpointing_reaches_the_mode
     compiled = []
 
     def fake_compile(module, **kw):
-        compiled.append((type(module).__name__, kw))
+        compiled.append((type(module).__name__, module.name, kw))
         return module
     monkeypatch.setattr(torch, "compile", fake_compile)
     cfg = config(tmp_path, data)
     apply_overrides(cfg, {"train": {"compile": "true"}, "model": {"grad_checkpointing": True}})
     t = ESPTrainer(load_config(None, base=cfg), teacher=TinyTeacher())
-    assert compiled == [("_StudentParts", {"mode": "default"})] and t.compile_mode == "default"
+    assert compiled == [("ModelMethod", "forward_parts", {"mode": "default"})]
+    assert t.compile_mode == "default"
     assert t.grad_checkpointing and t.model.grad_checkpointing
     calls = []
     real = t.model.forward_parts

@@ -42,6 +42,7 @@ def parse_dataset(spec: str) -> dict:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..compiling import COMPILE_SETTINGS
     from ._common import add_batch_size, add_device_argument, add_verb
     p = add_verb(
         sub, "train-esp", help="train ESP-MedSAM on several datasets (one modality each) with MMDKD",
@@ -91,7 +92,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sppg-weight", type=float, default=1.0, help="w_sppg: weight of the SPPG patch BCE")
     p.add_argument("--grad-checkpointing", action="store_true",
                    help="recompute the encoder's blocks in backward: less memory, exact")
-    p.add_argument("--compile", default="auto", choices=["auto", "true", "false"],
+    p.add_argument("--compile", default="auto", choices=COMPILE_SETTINGS,
                    help="torch.compile the student's pass (auto: only models with a compile "
                         "parity record, on CUDA)")
     p.add_argument("--no-test", action="store_true", help="skip the final test evaluation")

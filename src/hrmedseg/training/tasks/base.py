@@ -35,41 +35,38 @@ class Task:
     def setup(self, engine: Any) -> None:
         self.engine = engine
 
-    def _distributed(self) -> bool:
-        """Whether the engine runs several processes (DDP)."""
+    def _compile_choice(self, cfg: Any, device: torch.device) -> tuple[str | None, str]:
+        """``train.compile``/``train.compile_mode`` as they resolve for :attr:`model` on
+        ``device``: ``auto`` compiles a model whose class is ``compile_verified`` (its compiled
+        training passed the parity check), in one process."""
         info = getattr(getattr(self, "engine", None), "info", None)
-        return bool(getattr(info, "enabled", False))
+        return resolve_compile(cfg.train.compile, cfg.train.compile_mode, device.type,
+                               bool(getattr(self.model, "compile_verified", False)),
+                               bool(getattr(info, "enabled", False)))
 
-    def apply_grad_checkpointing(self, model: nn.Module, cfg: Any, device: torch.device,
-                                 verified: bool) -> None:
-        """``model.grad_checkpointing`` (and its fraction) on a model that can recompute its
-        blocks; ``auto`` is on where the step will replay CUDA graphs (``train.compile`` as it
-        resolves on ``device``; ``verified`` as for :meth:`compile_net`). A fraction the model
-        cannot honour is a config error."""
+    def apply_grad_checkpointing(self, cfg: Any, device: torch.device) -> None:
+        """``model.grad_checkpointing`` (and its fraction) on :attr:`model` where it can
+        recompute its blocks; ``auto`` is on where the step will replay CUDA graphs. A fraction
+        the model cannot honour is a config error."""
         from ...models._base import CheckpointingError
         from ..config import ConfigError
         setting = cfg.model.grad_checkpointing
-        if setting == "auto":
-            mode, _ = resolve_compile(cfg.train.compile, cfg.train.compile_mode, device.type,
-                                      verified, self._distributed())
-            on = uses_cudagraphs(mode)
-        else:
-            on = setting == "true"
-        self.grad_checkpointing = on and hasattr(model, "set_grad_checkpointing")
+        on = (uses_cudagraphs(self._compile_choice(cfg, device)[0]) if setting == "auto"
+              else setting == "true")
+        self.grad_checkpointing = on and hasattr(self.model, "set_grad_checkpointing")
         if not self.grad_checkpointing:
             return
         frac = cfg.model.grad_checkpointing_fraction
         try:
-            model.set_grad_checkpointing(True, **({"fraction": frac} if frac != 1.0 else {}))
+            self.model.set_grad_checkpointing(True, **({"fraction": frac} if frac != 1.0 else {}))
         except CheckpointingError as exc:
             raise ConfigError(f"model.grad_checkpointing_fraction: {exc}") from None
 
-    def compile_net(self, net: nn.Module, cfg: Any, device: torch.device, verified: bool) -> nn.Module:
-        """``net`` compiled as ``train.compile``/``train.compile_mode`` resolve on ``device``
-        (``verified``: the model's compiled training passed the parity check), or ``net``.
-        Compiled kernels go to the persistent cache, seeded from the run folder's artefacts."""
-        mode, self.compile_reason = resolve_compile(cfg.train.compile, cfg.train.compile_mode,
-                                                    device.type, verified, self._distributed())
+    def compile_net(self, net: nn.Module, cfg: Any, device: torch.device) -> nn.Module:
+        """``net`` (the module the steps call: :attr:`model`, or a wrapper of it) compiled as
+        :meth:`_compile_choice` says, or ``net``. Compiled kernels go to the persistent cache,
+        seeded from the run folder's artefacts."""
+        mode, self.compile_reason = self._compile_choice(cfg, device)
         self.compile_mode = mode
         self.cudagraphs = uses_cudagraphs(mode)
         self._eager_net = net
@@ -146,6 +143,19 @@ class Task:
 
     def close(self) -> None:
         pass
+
+
+class ModelMethod(nn.Module):
+    """``forward(*args) = model.<name>(*args)``: one method of a model as the module a task's
+    steps call (what ``torch.compile`` wraps and the engine switches between train and eval)."""
+
+    def __init__(self, model: nn.Module, name: str) -> None:
+        super().__init__()
+        self.model = model
+        self.name = name
+
+    def forward(self, *args: Any) -> Any:
+        return getattr(self.model, self.name)(*args)
 
 
 @contextlib.contextmanager

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config, ConfigError, TrainingSetupError, resolve_workers
-from .base import Task, probing
+from .base import ModelMethod, Task, probing
 
 __all__ = ["DistillTask", "TeacherCache", "find_images", "split_images", "build_teacher",
            "augment_view", "CACHE_VERSION"]
@@ -267,17 +267,6 @@ class TeacherCache:
 # The task
 # ---------------------------------------------------------------------------------------------
 
-class _StudentEmbedding(nn.Module):
-    """``forward(x) = model.forward_embedding(x)`` as a module, for ``torch.compile``."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_embedding(x)
-
-
 def build_student(cfg: Config, size: int) -> nn.Module:
     from ...models._hub import from_pretrained
     from ...models._registry import create_model
@@ -340,9 +329,8 @@ class DistillTask(Task):
         self.model = (student if student is not None else build_student(cfg, self.size)).to(self.device)
         if not hasattr(self.model, "forward_embedding"):
             raise TrainingSetupError(f"student {type(self.model).__name__} has no forward_embedding")
-        verified = bool(getattr(self.model, "compile_verified", False))
-        self.apply_grad_checkpointing(self.model, cfg, self.device, verified)
-        self.net = self.compile_net(_StudentEmbedding(self.model), cfg, self.device, verified)
+        self.apply_grad_checkpointing(cfg, self.device)
+        self.net = self.compile_net(ModelMethod(self.model, "forward_embedding"), cfg, self.device)
         paths = find_images(d.images)
         if d.val_images:   # a held-out set given explicitly (e.g. the datasets' val splits)
             self.val_paths = find_images(d.val_images)

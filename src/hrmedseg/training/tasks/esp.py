@@ -87,7 +87,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import Config, ConfigError, TrainingSetupError, resolve_workers
 from ..engine import worker_init
-from .base import Task, probing
+from .base import ModelMethod, Task, probing
 
 __all__ = ["ESPDataset", "ESPTask", "EmbeddingTeacher", "load_teacher", "mmdkd_mse"]
 
@@ -280,18 +280,6 @@ class _EpochBatches(Dataset):
         return batch
 
 
-
-class _StudentParts(nn.Module):
-    """``forward(x, n) = model.forward_parts(x, n)`` as a module, for ``torch.compile``."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor, modality: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.model.forward_parts(x, modality)
-
-
 def _first(x: Any) -> Any:
     return x
 
@@ -364,13 +352,12 @@ class ESPTask(Task):
         for name, p in self.model.named_parameters():
             if name in unused:
                 p.requires_grad_(False)
-        verified = bool(getattr(self.model, "compile_verified", False))
-        self.apply_grad_checkpointing(self.model, self.cfg, self.device, verified)
+        self.apply_grad_checkpointing(self.cfg, self.device)
         if self.cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # The student's pass (encoder, SPPG, decoder) is what compiles; the teachers run eager
         # under no_grad. Not parity-checked yet: compiled only when train.compile=true.
-        self.net = self.compile_net(_StudentParts(self.model), self.cfg, self.device, verified)
+        self.net = self.compile_net(ModelMethod(self.model, "forward_parts"), self.cfg, self.device)
         e = self.e
         self.teacher = load_teacher(teacher if teacher is not None else (e.teacher or None), self.size)
         self.medical_teacher = load_teacher(

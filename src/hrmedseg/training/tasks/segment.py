@@ -161,8 +161,7 @@ class SegmentTask(Task):
         for name, p in self.model.named_parameters():
             if name in unused:
                 p.requires_grad_(False)
-        verified = bool(getattr(self.model, "compile_verified", False))
-        self.apply_grad_checkpointing(self.model, cfg, self.device, verified)
+        self.apply_grad_checkpointing(cfg, self.device)
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.net = self.model
@@ -179,7 +178,7 @@ class SegmentTask(Task):
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 gradient_as_bucket_view=True)
-        self.net = self.compile_net(self.net, cfg, self.device, verified)
+        self.net = self.compile_net(self.net, cfg, self.device)
         if self.workers > 0:
             from ...data.io import opencv_fork_safe
             opencv_fork_safe()
