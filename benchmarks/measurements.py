@@ -48,6 +48,8 @@ from typing import Any, Callable
 
 import yaml
 
+from hrmedseg.atomic import atomic_write_bytes, write_json_atomic
+
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = Path(__file__).resolve().parent / "measurements.yaml"
 KINDS = ("command", "train", "reproduce")
@@ -302,11 +304,7 @@ def reproduce_steps(entry: Entry, ctx: Context) -> list[Step]:
         made = out / f"{entry.id}.json"
         if not made.is_file():
             return f"{made} was not written"
-        dest = ROOT / entry.result
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".tmp")
-        tmp.write_bytes(made.read_bytes())
-        os.replace(tmp, dest)
+        atomic_write_bytes(ROOT / entry.result, made.read_bytes())
         return None
 
     steps.append(Step(entry, f"{entry.id} result", base, 0.5, after=after))
@@ -448,17 +446,11 @@ def _tar_bytes(files: list[tuple[Path, str]]) -> bytes:
     return buf.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_out(entries: list[Entry], ctx: Context, out: Path, log: Callable[[str], None] = print) -> None:
     """results.tar, state.tar and weights-*.tar in ``out`` (see the module text)."""
     out.mkdir(parents=True, exist_ok=True)
     results = [(ROOT / e.result, e.result) for e in entries if (ROOT / e.result).is_file()]
-    _write_atomic(out / "results.tar", _tar_bytes(results))
+    atomic_write_bytes(out / "results.tar", _tar_bytes(results))
     small: list[tuple[Path, str]] = []
     keep = {e.id: e.keep for e in entries if e.kind == "train" and e.keep}
     for run_dir in _finished_run_dirs(ctx.work):
@@ -485,14 +477,14 @@ def write_out(entries: list[Entry], ctx: Context, out: Path, log: Callable[[str]
         if len(data) > OUT_FILE_LIMIT:
             log(f"{run_dir.name}: best weights {len(data) / 2 ** 20:.1f} MiB exceed what comes back; kept here")
             continue
-        _write_atomic(out / f"weights-{run_dir.name}.tar", data)
+        atomic_write_bytes(out / f"weights-{run_dir.name}.tar", data)
         exported.add(run_dir.name)
         made += 1
     if exported:
         exported_file.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(exported_file, json.dumps(sorted(exported)).encode())
+        write_json_atomic(exported_file, sorted(exported), indent=None)
         small.append((exported_file, exported_file.name))
-    _write_atomic(out / "state.tar", _tar_bytes(small))
+    atomic_write_bytes(out / "state.tar", _tar_bytes(small))
 
 
 def unpack_state(state: Path, work: Path, log: Callable[[str], None] = print) -> int:

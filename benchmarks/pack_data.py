@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import math
 import os
 import shutil
@@ -37,7 +36,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from hrmedseg.atomic import atomic_write_bytes
+from hrmedseg.atomic import atomic_write_bytes, write_json_atomic
 from hrmedseg.data.datasets import discover_pairs
 from hrmedseg.data.io import ImageReadError, is_image_file, read_image, read_mask, split_ext, write_mask_png
 
@@ -298,7 +297,7 @@ def pack(src: Path, dst: Path, datasets: list[str], *, quality: dict[str, int] |
         if budget_mib is not None and mib(total) > budget_mib:
             raise PackError(f"{dst}: packed size {mib(total):.1f} MiB exceeds --budget-mib "
                             f"{budget_mib:g}; nothing written")
-        atomic_write_bytes(partial / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+        write_json_atomic(partial / MANIFEST, manifest)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
