@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import atomic_write_bytes
 from .segmenter import Segmenter, _resolve_model
 
 __all__ = ["export_onnx", "OnnxSegmenter", "onnx_available"]
@@ -101,10 +102,7 @@ def export_onnx(model: str | os.PathLike | nn.Module, path: str | os.PathLike,
     entry = onnx.StringStringEntryProto(key=META_KEY, value=json.dumps(meta))
     del proto.metadata_props[:]
     proto.metadata_props.append(entry)
-    tmp = path.with_name(f".{path.name}.tmp")
-    onnx.save_model(proto, str(tmp))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, proto.SerializeToString())
 
 
 def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
