@@ -26,10 +26,12 @@ import argparse
 import io
 import math
 import os
+import platform
 import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ import numpy as np
 from PIL import Image
 
 from hrmedseg.atomic import atomic_write_bytes, write_json_atomic
+from hrmedseg.provenance import source_commit
 from hrmedseg.data.datasets import discover_pairs
 from hrmedseg.data.io import ImageReadError, is_image_file, read_image, read_mask, split_ext, write_mask_png
 
@@ -234,7 +237,7 @@ def mib(n: int) -> float:
     return n / 2 ** 20
 
 
-def write_half_checkpoint(src: Path, dst: Path) -> None:
+def half_checkpoint_bytes(src: Path) -> bytes:
     """A ``.pt`` state dict with its float32 tensors stored as float16: half the bytes, for a
     working tree with a size limit; ``hrmedseg reproduce`` says so in the row's deviations."""
     import torch
@@ -246,7 +249,7 @@ def write_half_checkpoint(src: Path, dst: Path) -> None:
             for k, v in inner.items()}
     buf = io.BytesIO()
     torch.save(half, buf)
-    atomic_write_bytes(dst, buf.getvalue())
+    return buf.getvalue()
 
 
 def pack(src: Path, dst: Path, datasets: list[str], *, quality: dict[str, int] | None = None,
@@ -263,13 +266,20 @@ def pack(src: Path, dst: Path, datasets: list[str], *, quality: dict[str, int] |
     for w in weights:
         if not Path(w).is_file():
             raise PackError(f"{w}: weights file not found")
+    # float16 copies are made (and their sources checked) before any dataset is packed
+    halves = {Path(w).name: half_checkpoint_bytes(Path(w)) for w in weights} if half_weights else {}
+    weight_sizes = {Path(w).name: len(halves[Path(w).name]) if half_weights else Path(w).stat().st_size
+                    for w in weights}
     if dst.exists() and not force:
         raise PackError(f"{dst}: exists; pass --force to replace it")
     partial = dst.with_name(dst.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     plans = {name: plan_dataset(src / name, partial / name, max_side.get(name), quality[name], lossless,
                                 instances) for name in datasets}
-    manifest: dict[str, Any] = {"source": str(src), "lossless": lossless, "instances": instances, "datasets": {},
+    manifest: dict[str, Any] = {"script": "benchmarks/pack_data.py", "commit": source_commit() or "unknown",
+                                "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                "device": f"CPU {platform.machine()}",
+                                "source": str(src), "lossless": lossless, "instances": instances, "datasets": {},
                                 "weights": {}}
     try:
         with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -287,11 +297,9 @@ def pack(src: Path, dst: Path, datasets: list[str], *, quality: dict[str, int] |
                 manifest["datasets"][name]["check"] = report
                 log(f"{name}: {report['samples']} samples, {report['labels_checked']} label files equal"
                     f" to the original's, image PSNR {report['mean_psnr_db']} dB")
-        # float16 copies take half the bytes (the .pt container adds a little)
-        weights_bytes = sum(Path(w).stat().st_size // (2 if half_weights else 1) for w in weights)
+        weights_bytes = sum(weight_sizes.values())
         total = folder_bytes(partial) + weights_bytes
-        manifest["weights"] = {Path(w).name: round(mib(Path(w).stat().st_size)
-                                                   / (2 if half_weights else 1), 2) for w in weights}
+        manifest["weights"] = {name: round(mib(n), 2) for name, n in weight_sizes.items()}
         manifest["weights_dtype"] = "float16" if half_weights else "as given"
         manifest["total_mib"] = round(mib(total), 2)
         if budget_mib is not None and mib(total) > budget_mib:
@@ -309,7 +317,7 @@ def pack(src: Path, dst: Path, datasets: list[str], *, quality: dict[str, int] |
         wdir.mkdir(parents=True, exist_ok=True)
         for w in weights:
             if half_weights:
-                write_half_checkpoint(Path(w), wdir / Path(w).name)
+                atomic_write_bytes(wdir / Path(w).name, halves[Path(w).name])
             else:
                 shutil.copyfile(w, wdir / Path(w).name)
     parts = [f"{k} {v['mib']:.1f}" for k, v in manifest["datasets"].items()]

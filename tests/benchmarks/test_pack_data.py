@@ -147,6 +147,17 @@ def test_half_weights_store_float16_and_reproduce_notices(tmp_path):
     assert not _holds_half_weights(w)
 
 
+def test_half_weights_of_a_file_that_is_no_state_dict_stop_before_packing(tmp_path):
+    import torch
+    src = tmp_path / "src"
+    _folder_dataset(src / "toy", n=2)
+    w = tmp_path / "mobile_sam.pt"
+    torch.save([torch.zeros(2)], w)
+    with pytest.raises(pack_data.PackError, match="not a state dict"):
+        _pack(src, tmp_path / "g" / "data", ["toy"], weights=[w], half_weights=True)
+    assert not (tmp_path / "g").exists()
+
+
 def test_bad_arguments_are_one_line(tmp_path, capsys):
     assert pack_data.main(["--src", str(tmp_path), "--dst", str(tmp_path / "o"), "--datasets", "nope"]) == 2
     assert "dataset folder not found" in capsys.readouterr().err
